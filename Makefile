@@ -1,0 +1,47 @@
+# vidpipe: `make demo` and `make test` do all set-up on a fresh machine.
+#
+# The virtual environment lives in .venv. PyTorch is installed first and only if missing:
+#   - on a machine with a local CPU wheel or a CUDA GPU, `pip install torch==$(TORCH_VERSION)` does the right thing;
+#   - on a CPU-only machine without one, `make install TORCH_INDEX=https://download.pytorch.org/whl/cpu`
+#     avoids downloading gigabytes of CUDA libraries.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_VERSION ?= 2.13.0
+TORCH_INDEX ?=
+PYTEST_ARGS ?=
+DEMO_OUT ?= outputs/demo
+
+.PHONY: install test demo lint format clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+		echo "torch already installed: $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	elif [ -n "$(TORCH_INDEX)" ]; then \
+		$(PY) -m pip install --quiet --index-url $(TORCH_INDEX) "torch==$(TORCH_VERSION)"; \
+	else \
+		$(PY) -m pip install --quiet --prefer-binary "torch==$(TORCH_VERSION)"; \
+	fi
+	$(PY) -m pip install --quiet --prefer-binary -e ".[dev]"
+	touch $@
+
+test: install
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: install
+	$(VENV)/bin/vidpipe simulate --gpus 4 --strategy pp --steps 28 --samples 12 --step-ms 20 --device cpu \
+		--json $(DEMO_OUT)/simulate.json
+	@echo "report: $(DEMO_OUT)/simulate.json"
+
+lint: install
+	$(VENV)/bin/ruff check vidpipe tests
+
+format: install
+	$(VENV)/bin/ruff format vidpipe tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache outputs

@@ -1,0 +1,39 @@
+"""Shared test helpers: run the CLI as a user would, in a subprocess, and read what it wrote."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vidpipe_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["COLUMNS"] = "160"
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m vidpipe ARGS` in a subprocess; the timeout guards against hangs, it is no speed target."""
+    return subprocess.run(
+        [sys.executable, "-m", "vidpipe", *args],
+        capture_output=True, text=True, timeout=timeout, env=vidpipe_env(), cwd=cwd or REPO,
+    )
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

@@ -1,0 +1,29 @@
+"""Options shared by several commands, as `Annotated` aliases so every command spells them the same way."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+Gpus = Annotated[
+    int | None,
+    typer.Option("--gpus", "-g", help="Ranks: one per GPU (on CPU, one process each). Under torchrun: its ranks."),
+]
+Strategy = Annotated[
+    str, typer.Option(help="pp = step pipeline (throughput), dp = data parallel (whole samples per rank).")
+]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda. auto = cuda when a GPU is visible.")]
+Dtype = Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16. auto = fp16 on CUDA, fp32 on CPU.")]
+Backend = Annotated[str, typer.Option(help="auto | gloo | nccl. auto = nccl on CUDA, gloo on CPU.")]
+Seed = Annotated[int, typer.Option(help="Sample i uses seed + i.")]
+Steps = Annotated[int, typer.Option(help="Denoising steps per sample.")]
+WarmupSamples = Annotated[
+    int, typer.Option("--warmup-samples", help="Samples run through every rank before the clock starts.")
+]
+JsonPath = Annotated[str | None, typer.Option("--json", help="Write the JSON report here (- = stdout).")]
+Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step of every rank.")]
+StallTimeout = Annotated[
+    float,
+    typer.Option("--stall-timeout", help="Stop the run when no rank reports progress for this many seconds."),
+]

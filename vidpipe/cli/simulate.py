@@ -1,0 +1,46 @@
+"""`vidpipe simulate`: the whole pipeline logic with a stand-in UNet, on any machine."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from vidpipe.cli.options import (
+    Backend, Device, Dtype, Gpus, JsonPath, Seed, StallTimeout, Steps, Strategy, Verbose, WarmupSamples,
+)
+from vidpipe.config import RunOptions, SimulateConfig
+
+
+def simulate(
+    gpus: Gpus = None,
+    strategy: Strategy = "pp",
+    steps: Steps = 28,
+    samples: Annotated[int, typer.Option(help="Samples to diffuse (after warm-up).")] = 8,
+    warmup_samples: WarmupSamples = 1,
+    latent_shape: Annotated[
+        tuple[int, int, int, int, int],
+        typer.Option("--latent-shape", help="Latent size B C F H W (SVD-XT at 14 x 320 x 576: 1 4 14 40 72)."),
+    ] = (1, 4, 14, 40, 72),
+    step_ms: Annotated[
+        float, typer.Option("--step-ms", help="Each UNet call also waits this long without using the CPU, "
+                                              "like a GPU kernel: study many ranks on few cores.")
+    ] = 0.0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    backend: Backend = "auto",
+    seed: Seed = 0,
+    json_path: JsonPath = None,
+    stall_timeout: StallTimeout = 300.0,
+    verbose: Verbose = False,
+) -> None:
+    """Run the step pipeline (or data parallel) with the stand-in UNet and measure it.
+
+    Every sample's final latents are checked against a 1-rank computation of the same seed. Example:
+
+        vidpipe simulate --gpus 7 --strategy pp --steps 28 --samples 28 --step-ms 20 --json r7.json
+    """
+    from vidpipe.jobs.simulate import simulate as run_simulate
+
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose)
+    run_simulate(SimulateConfig(run, steps, samples, warmup_samples, latent_shape, step_ms, seed, json_path))

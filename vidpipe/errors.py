@@ -1,0 +1,30 @@
+"""The errors vidpipe turns into one-line messages (see `vidpipe.cli.main`)."""
+
+
+class VidpipeError(Exception):
+    """A failure with a message meant for the user; exit code 1."""
+
+    exit_code = 1
+
+
+class UsageError(VidpipeError):
+    """Bad input from the user (a flag, a file, a size); exit code 2."""
+
+    exit_code = 2
+
+
+class RankFailed(VidpipeError):
+    """A worker raised, died or stalled; the message names the rank."""
+
+    exit_code = 1
+
+
+class Interrupted(VidpipeError):
+    """The run was stopped by SIGINT / SIGTERM."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}: all ranks stopped")

@@ -1,0 +1,132 @@
+"""`simulate`: phase 1 with the stand-in UNet, every sample checked against a 1-rank computation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vidpipe.config import SimulateConfig
+from vidpipe.errors import VidpipeError
+from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
+from vidpipe.jobs.run import place, run_with_display
+from vidpipe.metrics import summarize, timeline
+from vidpipe.models.base import Sample
+from vidpipe.models.dummy import DummyModel, DummyParams
+from vidpipe.runtime.devices import DTYPES
+from vidpipe.runtime.dist import DistContext
+from vidpipe.runtime.events import EventSink, PhaseStarted
+from vidpipe.report import (
+    assignment_table,
+    conditions,
+    sample_rows,
+    samples_table,
+    stderr_console,
+    step_assignment,
+    summary_table,
+    write_json,
+)
+from vidpipe.strategies.registry import get_strategy
+
+
+#: Ranks when --gpus is not given (and not under torchrun): enough to show a pipeline.
+DEFAULT_GPUS = 2
+
+
+def dummy_params(config: SimulateConfig, step_ms: float | None = None) -> DummyParams:
+    return DummyParams(
+        steps=config.steps,
+        latent_shape=tuple(config.latent_shape),
+        step_ms=config.step_ms if step_ms is None else step_ms,
+    )
+
+
+def samples_of(config: SimulateConfig) -> list[Sample]:
+    return [Sample(index=i, seed=config.seed + i) for i in range(config.samples)]
+
+
+@dataclass(frozen=True)
+class SimulateJob:
+    config: SimulateConfig
+    dtype: str  # resolved: fp32 | fp16 | bf16
+
+    def run(self, ctx: DistContext, events: EventSink):
+        events.emit(PhaseStarted(ctx.rank, phase="load"))
+        model = DummyModel(dummy_params(self.config), ctx.device, DTYPES[self.dtype])
+        strategy = get_strategy(self.config.run.strategy)
+        finals, record = run_diffusion(
+            ctx, model, strategy, samples_of(self.config), self.config.warmup_samples, events
+        )
+        gathered = gather_to_first(ctx, (record, finals))
+        if not ctx.is_first:
+            return None
+        records = [record for record, _ in gathered]
+        all_finals = {index: latents for _, rank_finals in gathered for index, latents in rank_finals.items()}
+        return {"records": records, "finals": all_finals}
+
+
+def verify(config: SimulateConfig, dtype: str, device_type: str, finals: dict[int, torch.Tensor]) -> dict:
+    """Recompute every sample on one rank (CPU, no waiting) and compare with what the ranks produced.
+
+    Bit-identical is required on CPU in fp32; elsewhere (GPU kernels, half precision) a small tolerance.
+    """
+    exact = device_type == "cpu" and dtype == "fp32"
+    reference_model = DummyModel(dummy_params(config, step_ms=0.0), torch.device("cpu"), DTYPES[dtype])
+    max_abs_diff = 0.0
+    mismatched = []
+    for sample in samples_of(config):
+        expected = reference_model.denoise(reference_model.encode(sample), range(config.steps))
+        got = finals.get(sample.index)
+        if got is None:
+            mismatched.append(sample.index)
+            continue
+        got = got.to(expected.dtype)
+        diff = (got.float() - expected.float()).abs().max().item()
+        max_abs_diff = max(max_abs_diff, diff)
+        ok = torch.equal(got, expected) if exact else torch.allclose(got.float(), expected.float(), 2e-2, 2e-2)
+        if not ok:
+            mismatched.append(sample.index)
+    return {
+        "verified": not mismatched,
+        "verify_mode": "bit-identical" if exact else "allclose(rtol=2e-2, atol=2e-2)",
+        "verify_max_abs_diff": max_abs_diff,
+        "mismatched_samples": mismatched,
+    }
+
+
+def simulate(config: SimulateConfig) -> dict | None:
+    """Run `vidpipe simulate`: returns the report (None on torchrun ranks other than 0)."""
+    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
+    job = SimulateJob(config, placement.dtype)
+    result = run_with_display(job, placement, config.samples, config.run.verbose)
+    if result is None:
+        return None
+    spec = placement.spec
+    strategy = get_strategy(config.run.strategy)
+    report = {
+        "command": "simulate",
+        "model": "dummy",
+        "strategy": config.run.strategy,
+        **conditions(spec.device_type, spec.backend, placement.dtype, spec.world_size),
+        "total_steps": config.steps,
+        **step_assignment(config.run.strategy, config.steps, spec.world_size),
+        "num_samples": config.samples,
+        "warmup_samples": config.warmup_samples,
+        "seeds": [config.seed + i for i in range(config.samples)],
+        "latent_shape": list(config.latent_shape),
+        "step_ms": config.step_ms,
+        **summarize(result["records"], lambda step_s, n: strategy.ideal_makespan(
+            step_s, n, config.steps, spec.world_size)),
+    }
+    tl = timeline(result["records"])
+    report["samples"] = sample_rows(tl.latency_s, tl.completion_s, {i: config.seed + i for i in tl.latency_s})
+    report.update(verify(config, placement.dtype, spec.device_type, result["finals"]))
+    for table in (assignment_table(report), samples_table(report), summary_table(report)):
+        stderr_console.print(table)
+    write_json(report, config.json_path)
+    if not report["verified"]:
+        raise VidpipeError(
+            f"verification failed: samples {report['mismatched_samples']} differ from the 1-rank computation "
+            f"(max abs diff {report['verify_max_abs_diff']:.3g}); this is a bug in the strategy, please report it"
+        )
+    return report

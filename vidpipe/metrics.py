@@ -1,0 +1,171 @@
+"""Timers (device-synchronised), memory, and the figures every report carries (design §7).
+
+Clocks: each rank reads `time.perf_counter()` relative to its own `t0`, taken right after the barrier that
+ends warm-up, so ranks on different machines (torchrun) need no common clock; on one machine the barrier
+releases all ranks within a fraction of a millisecond.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from vidpipe.models.base import Sample, StepCallback
+from vidpipe.runtime.events import EventSink, SampleDone, StepDone
+
+GIB = 1024**3
+
+
+@dataclass
+class RankRecord:
+    """What one rank measured; gathered to rank 0 at the end of the run."""
+
+    rank: int
+    steps: list[tuple[int, int, float, float]] = field(default_factory=list)  # (sample, step, start_s, end_s)
+    comm_s: float = 0.0
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes
+    memory_kind: str = "cpu_peak_rss"
+    threads: int = 1
+
+
+class StepRecorder:
+    """Times every denoising step of the measured run on one rank and reports progress as it goes."""
+
+    def __init__(self, device: torch.device, events: EventSink, rank: int):
+        self.device = device
+        self.events = events
+        self.record = RankRecord(rank=rank, threads=torch.get_num_threads())
+        self.t0 = time.perf_counter()
+
+    def start_clock(self) -> None:
+        self._sync()
+        self.t0 = time.perf_counter()
+
+    def now(self) -> float:
+        """Seconds since `start_clock`, after the device has finished its queued work."""
+        self._sync()
+        return time.perf_counter() - self.t0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def on_step_for(self, sample: Sample, block: range) -> StepCallback:
+        """A callback for `model.denoise` that records each step of `block` for `sample`."""
+        last = self.now()
+        rank = self.record.rank
+
+        def on_step(step: int) -> None:
+            nonlocal last
+            end = self.now()
+            self.record.steps.append((sample.index, step, last, end))
+            self.events.emit(
+                StepDone(rank, sample=sample.index, step=step, seconds=end - last,
+                         steps_in_block=len(block), block_position=step - block.start + 1)
+            )
+            last = end
+
+        return on_step
+
+    @contextmanager
+    def waiting(self):
+        """Time spent blocked on communication counts as `comm_s`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record.comm_s += time.perf_counter() - started
+
+    def sample_done(self, sample: Sample) -> None:
+        self.events.emit(SampleDone(self.record.rank, sample=sample.index))
+
+    def mark_memory(self, phase: str) -> None:
+        """Peak memory since the last mark: CUDA `max_memory_allocated`, else the process's peak RSS."""
+        if self.device.type == "cuda":
+            self.record.memory_kind = "cuda_max_allocated"
+            self.record.peak_memory_bytes[phase] = torch.cuda.max_memory_allocated(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            # NOTE: RSS peaks cannot be reset: on CPU each phase shows the process's peak so far.
+            self.record.memory_kind = "cpu_peak_rss"
+            self.record.peak_memory_bytes[phase] = peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+@dataclass(frozen=True)
+class Timeline:
+    """Per-sample figures derived from all ranks' step records."""
+
+    latency_s: dict[int, float]
+    completion_s: dict[int, float]
+    busy_s: list[float]
+    step_time_s: float
+
+
+def timeline(records: list[RankRecord]) -> Timeline:
+    first_start: dict[int, float] = {}
+    last_end: dict[int, float] = {}
+    durations = []
+    busy = []
+    for record in records:
+        rank_busy = 0.0
+        for sample, _step, start, end in record.steps:
+            first_start[sample] = min(first_start.get(sample, math.inf), start)
+            last_end[sample] = max(last_end.get(sample, -math.inf), end)
+            durations.append(end - start)
+            rank_busy += end - start
+        busy.append(rank_busy)
+    latency = {s: last_end[s] - first_start[s] for s in sorted(last_end)}
+    step_time = statistics.median(durations) if durations else 0.0
+    return Timeline(latency, dict(sorted(last_end.items())), busy, step_time)
+
+
+def summarize(
+    records: list[RankRecord],
+    ideal_makespan: Callable[[float, int], float],
+) -> dict:
+    """The design-§7 figures of one run. `ideal_makespan(step_time_s, num_samples)` comes from the strategy."""
+    records = sorted(records, key=lambda r: r.rank)
+    tl = timeline(records)
+    completions = sorted(tl.completion_s.values())
+    n = len(completions)
+    makespan = completions[-1] if n else 0.0
+    ideal = ideal_makespan(tl.step_time_s, n) if n else 0.0
+    latencies = list(tl.latency_s.values())
+    peak_by_phase: dict[str, list[float]] = {}
+    for record in records:
+        for phase, value in record.peak_memory_bytes.items():
+            peak_by_phase.setdefault(phase, []).append(round(value / GIB, 4))
+    return {
+        "first_sample_time_s": completions[0] if n else None,
+        "per_sample_latency_s": latencies,
+        "latency_mean_s": statistics.fmean(latencies) if n else None,
+        "latency_p50_s": statistics.median(latencies) if n else None,
+        "latency_max_s": max(latencies) if n else None,
+        "steady_interval_s": (completions[-1] - completions[0]) / (n - 1) if n > 1 else None,
+        "makespan_s": makespan,
+        "throughput_samples_per_s": n / makespan if makespan > 0 else None,
+        "step_time_s": tl.step_time_s,
+        "ideal_makespan_s": ideal,
+        "efficiency": ideal / makespan if makespan > 0 else None,
+        "rank_busy_fraction": [b / makespan if makespan > 0 else None for b in tl.busy_s],
+        "comm_s_per_rank": [r.comm_s for r in records],
+        "peak_memory_gb_per_rank": [
+            round(max(r.peak_memory_bytes.values(), default=0) / GIB, 4) for r in records
+        ],
+        "peak_memory_gb_per_rank_by_phase": peak_by_phase,
+        "peak_memory_kind": records[0].memory_kind if records else None,
+        "threads_per_rank": [r.threads for r in records],
+    }

@@ -1,0 +1,65 @@
+"""The model adapter protocol: single-device code every strategy drives.
+
+A model turns a `Sample` into a `SampleState` (starting latents + conditioning, plain tensors so a strategy can
+send them to another rank), runs any contiguous block of denoising steps on it, and decodes final latents.
+Nothing here knows about ranks or `torch.distributed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+#: Called after every denoising step with the step's index in the schedule (0 = noisiest).
+StepCallback = Callable[[int], None]
+
+#: The tensors of one sample in flight: "latents" plus the conditioning the denoiser needs.
+SampleState = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One video to generate. Sample `index` of a run uses seed `seed`."""
+
+    index: int
+    seed: int
+    image: Any = None  # a PIL image for image-to-video models; None for the simulator
+    image_name: str = ""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Shape and dtype of one tensor of a `SampleState`, so a receiving rank can allocate it in advance."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
+class DiffusionModel(Protocol):
+    """What a strategy needs from a model, on one device."""
+
+    device: torch.device
+    num_steps: int
+
+    def state_spec(self) -> dict[str, TensorSpec]:
+        """Shapes and dtypes of the tensors `encode` returns, in a fixed order."""
+        ...
+
+    def encode(self, sample: Sample) -> SampleState:
+        """Conditioning and seeded starting noise for `sample` (same draws, same order as the reference)."""
+        ...
+
+    def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Run the contiguous block `steps` of the schedule on `state`; return the new latents."""
+        ...
+
+    def release_denoiser(self) -> None:
+        """Free the denoiser (and image encoder) before phase 2."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> Any:
+        """Final latents [1, F, C, h, w] -> frames as uint8 numpy [F, H, W, 3]."""
+        ...

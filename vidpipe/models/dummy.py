@@ -1,0 +1,105 @@
+"""The simulator model: a shape-faithful stand-in for SVD's UNet, with no weights to download.
+
+It runs through the very same denoising loop and Euler scheduler as `svd` (so the step pipeline's hand-offs and
+scheduler continuation are exercised for real); only the UNet is replaced by a few cheap elementwise ops. With
+`step_ms` each UNet call also waits that long without using the CPU, as a GPU kernel would, so W ranks can be
+studied on a machine with fewer cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import torch
+from diffusers.utils.torch_utils import randn_tensor
+
+from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
+from vidpipe.models.sampling import denoise_block, fresh_scheduler
+
+#: SVD's CLIP image-embedding width, so the conditioning that travels in `pp` has the real size.
+EMBEDDING_DIM = 1024
+
+
+def svd_scheduler_config() -> dict:
+    """SVD-XT's own EulerDiscreteScheduler config (sigma_max 700, sigma_min 0.002, continuous timesteps)."""
+    path = resources.files("vidpipe.models") / "configs" / "svd-xt" / "scheduler" / "scheduler_config.json"
+    return json.loads(path.read_text())
+
+
+@dataclass(frozen=True)
+class DummyParams:
+    steps: int
+    latent_shape: tuple[int, int, int, int, int]  # B C F H W, as the CLI takes it
+    step_ms: float = 0.0
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+
+
+class DummyUNet(torch.nn.Module):
+    """Same call signature and output shape as `UNetSpatioTemporalConditionModel`; no weights."""
+
+    def __init__(self, latent_channels: int, step_ms: float):
+        super().__init__()
+        self.latent_channels = latent_channels
+        self.step_ms = step_ms
+
+    def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False):
+        noisy, image = sample[:, :, : self.latent_channels], sample[:, :, self.latent_channels :]
+        # NOTE: elementwise ops only (plus a reduction too small to be split over threads), so the result is
+        # bit-identical whatever the rank's thread count: `simulate` verifies every sample exactly on CPU.
+        cond = encoder_hidden_states.mean(dim=(1, 2)) + added_time_ids[:, 1] / 255.0
+        scale = (0.1 * (torch.sigmoid(timestep) + cond)).view(-1, 1, 1, 1, 1)
+        out = noisy.add(image, alpha=0.5).mul_(scale)
+        if self.step_ms > 0:
+            time.sleep(self.step_ms / 1000.0)  # like an accelerator kernel: wall time without CPU time
+        return (out,)
+
+
+class DummyModel:
+    """The `dummy` adapter: seeded random conditioning, the real SVD sampler, no decode."""
+
+    def __init__(self, params: DummyParams, device: torch.device, dtype: torch.dtype):
+        self.params = params
+        self.device = device
+        self.dtype = dtype
+        self.num_steps = params.steps
+        batch, channels, frames, height, width = params.latent_shape
+        self.latents_shape = (batch, frames, channels, height, width)  # SVD's layout: frames before channels
+        self.scheduler_config = svd_scheduler_config()
+        self.unet = DummyUNet(channels, params.step_ms)
+
+    def state_spec(self) -> dict[str, TensorSpec]:
+        batch, _frames, channels, height, width = self.latents_shape
+        return {
+            "latents": TensorSpec(self.latents_shape, self.dtype),
+            "image_embeddings": TensorSpec((batch, 1, EMBEDDING_DIM), self.dtype),
+            "image_latents": TensorSpec((batch, channels, height, width), self.dtype),
+            "added_time_ids": TensorSpec((batch, 3), self.dtype),
+        }
+
+    def encode(self, sample: Sample) -> SampleState:
+        spec = self.state_spec()
+        generator = torch.Generator("cpu").manual_seed(sample.seed)
+        state = {
+            name: randn_tensor(spec[name].shape, generator=generator, device=self.device, dtype=self.dtype)
+            for name in ("image_embeddings", "image_latents")
+        }
+        batch = self.latents_shape[0]
+        state["added_time_ids"] = torch.tensor([[6.0, 127.0, 0.02]] * batch, dtype=self.dtype, device=self.device)
+        scheduler = fresh_scheduler(self.scheduler_config, self.num_steps, self.device)
+        noise = randn_tensor(self.latents_shape, generator=generator, device=self.device, dtype=self.dtype)
+        state["latents"] = noise * scheduler.init_noise_sigma
+        return state
+
+    def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
+        guidance = (self.params.min_guidance, self.params.max_guidance)
+        return denoise_block(self.unet, self.scheduler_config, self.num_steps, state, steps, guidance, on_step)
+
+    def release_denoiser(self) -> None:
+        self.unet = None
+
+    def decode(self, latents: torch.Tensor):
+        raise NotImplementedError("the dummy model has no VAE: `simulate` stops after phase 1")

@@ -1,0 +1,138 @@
+"""Reports: the JSON every run writes, the rich tables it prints (to stderr), and the run conditions."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from vidpipe import __version__
+from vidpipe.strategies.schedule import block_sizes, describe_blocks
+
+#: Logs, progress and tables go to stderr; stdout is kept for results (`--json -`).
+stderr_console = Console(stderr=True)
+
+
+def versions() -> dict:
+    import diffusers
+    import torch
+
+    return {
+        "vidpipe": __version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "cuda": torch.version.cuda,
+    }
+
+
+def step_assignment(strategy: str, total_steps: int, world_size: int) -> dict:
+    if strategy == "pp":
+        sizes = block_sizes(total_steps, world_size)
+        return {"steps_per_rank": sizes, "step_assignment": describe_blocks(total_steps, world_size)}
+    return {
+        "steps_per_rank": [total_steps] * world_size,
+        "step_assignment": f"every rank runs all {total_steps} steps of its own samples",
+    }
+
+
+def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> dict:
+    import torch
+
+    device = torch.cuda.get_device_name(0) if device_type == "cuda" else f"cpu ({platform.processor() or 'x86'})"
+    return {
+        "device": device,
+        "device_type": device_type,
+        "backend": backend,
+        "dtype": dtype,
+        "world_size": world_size,
+        "host": socket.gethostname(),
+        "versions": versions(),
+    }
+
+
+def write_json(report: dict, path: str | None) -> None:
+    """`-` = stdout; otherwise written atomically beside its final name."""
+    if path is None:
+        return
+    text = json.dumps(report, indent=2, default=str)
+    if path == "-":
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.with_name(f".{target.name}.tmp")
+    temporary.write_text(text + "\n")
+    temporary.replace(target)
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def assignment_table(report: dict) -> Table:
+    table = Table(title=f"Step assignment ({report['strategy']}): {report['step_assignment']}")
+    table.add_column("rank", justify="right")
+    table.add_column("steps", justify="right")
+    table.add_column("block")
+    start = 0
+    for rank, count in enumerate(report["steps_per_rank"]):
+        block = f"{start}..{start + count - 1}" if report["strategy"] == "pp" else "all"
+        table.add_row(str(rank), str(count), block)
+        if report["strategy"] == "pp":
+            start += count
+    return table
+
+
+def samples_table(report: dict) -> Table:
+    table = Table(title="Samples (latency = first step started -> last step finished)")
+    for column in ("sample", "seed", "latency s", "finished at s"):
+        table.add_column(column, justify="right")
+    for row in report["samples"]:
+        table.add_row(str(row["index"]), str(row["seed"]), _fmt(row["latency_s"]), _fmt(row["finished_at_s"]))
+    return table
+
+
+def summary_table(report: dict) -> Table:
+    table = Table(title=f"Summary: {report['strategy']} on {report['world_size']} rank(s), {report['device']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    memory_label = "peak RSS GB/rank" if report["peak_memory_kind"] == "cpu_peak_rss" else "peak GPU GB/rank"
+    rows = [
+        ("first sample time s (pipeline fill)", _fmt(report["first_sample_time_s"])),
+        ("latency mean / p50 / max s", " / ".join(
+            _fmt(report[k]) for k in ("latency_mean_s", "latency_p50_s", "latency_max_s"))),
+        ("steady interval s (between completions)", _fmt(report["steady_interval_s"])),
+        ("steady throughput samples/s", _fmt(1 / report["steady_interval_s"] if report["steady_interval_s"] else None)),
+        ("makespan s", _fmt(report["makespan_s"])),
+        ("throughput samples/s (N / makespan)", _fmt(report["throughput_samples_per_s"])),
+        ("step time s (median)", _fmt(report["step_time_s"], 4)),
+        ("ideal makespan s", _fmt(report["ideal_makespan_s"])),
+        ("efficiency (ideal / measured)", _fmt(report["efficiency"])),
+        ("busy fraction per rank", " ".join(_fmt(v, 2) for v in report["rank_busy_fraction"])),
+        ("comm s per rank", " ".join(_fmt(v, 3) for v in report["comm_s_per_rank"])),
+        (memory_label, " ".join(_fmt(v, 2) for v in report["peak_memory_gb_per_rank"])),
+        ("backend / dtype", f"{report['backend']} / {report['dtype']}"),
+    ]
+    if "verified" in report:
+        rows.append(("verified vs 1 rank", f"{report['verified']} ({report['verify_mode']})"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def sample_rows(latency_by_sample: dict, completion_by_sample: dict, seeds: dict) -> list[dict]:
+    return [
+        {"index": i, "seed": seeds[i], "latency_s": latency_by_sample[i], "finished_at_s": completion_by_sample[i]}
+        for i in sorted(latency_by_sample)
+    ]

@@ -1,0 +1,99 @@
+"""The per-rank distributed context: rank, world, device and backend, with an explicit process-group lifetime."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from vidpipe.runtime.devices import threads_per_rank
+
+
+@dataclass(frozen=True)
+class RankSetup:
+    """Everything a worker needs to join the run; picklable, built by the launcher."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device_type: str  # "cpu" | "cuda"
+    backend: str  # "gloo" | "nccl"
+    store_host: str | None = None  # None: torchrun's env:// rendezvous
+    store_port: int | None = None
+    timeout_s: float = 1800.0
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """A joined rank. Passed explicitly to strategies; never a module global."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+    @property
+    def is_first(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.world_size - 1
+
+    def synchronize(self) -> None:
+        """Wait for the device's queued work, so that a clock read after it means something."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def barrier(self) -> None:
+        if self.backend == "nccl":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+
+def join(setup: RankSetup) -> DistContext:
+    """Pin the device, share out the CPU, create the process group. Pair with `leave` in a `finally`."""
+    if setup.device_type == "cuda":
+        device = torch.device("cuda", setup.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    # NOTE: on CPU every rank would otherwise start one thread per core: W ranks x cores threads thrash.
+    torch.set_num_threads(threads_per_rank(setup.local_world_size))
+
+    timeout = timedelta(seconds=setup.timeout_s)
+    if setup.store_port is not None:
+        store = dist.TCPStore(
+            setup.store_host, setup.store_port, setup.world_size, is_master=False, timeout=timeout
+        )
+        dist.init_process_group(
+            setup.backend, store=store, rank=setup.rank, world_size=setup.world_size, timeout=timeout
+        )
+    else:
+        dist.init_process_group(setup.backend, timeout=timeout)  # env:// from torchrun
+    return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend)
+
+
+def leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def torchrun_setup(device_type: str, backend: str) -> RankSetup | None:
+    """The rank this process is under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set), or None when not."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return None
+    return RankSetup(
+        rank=int(os.environ["RANK"]),
+        world_size=int(os.environ["WORLD_SIZE"]),
+        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+        device_type=device_type,
+        backend=backend,
+    )

@@ -1,0 +1,87 @@
+"""Events workers send to the parent. Only the parent draws; workers only report.
+
+Events are small tuples-as-dataclasses sent over a multiprocessing queue (or, under torchrun, handed to an
+in-process listener on local rank 0).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Event:
+    rank: int
+    wall_time: float = field(default_factory=time.time, compare=False)
+
+
+@dataclass(frozen=True)
+class PhaseStarted(Event):
+    phase: str = ""  # "load", "warmup", "diffuse", "decode"
+
+
+@dataclass(frozen=True)
+class StepDone(Event):
+    sample: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    steps_in_block: int = 0
+    block_position: int = 0  # 1-based position of this step inside the rank's block
+
+
+@dataclass(frozen=True)
+class SampleDone(Event):
+    """A sample finished diffusion (on the last rank that touched it)."""
+
+    sample: int = 0
+
+
+@dataclass(frozen=True)
+class FramesDecoded(Event):
+    sample: int = 0
+    frames: int = 0
+    total_frames: int = 0
+
+
+@dataclass(frozen=True)
+class FilesWritten(Event):
+    sample: int = 0
+    files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Heartbeat(Event):
+    pass
+
+
+@dataclass(frozen=True)
+class WorkerError(Event):
+    message: str = ""
+    traceback: str = ""
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    """Rank 0's gathered result of the whole run; the last event of a successful run."""
+
+    result: Any = None
+
+
+class EventSink:
+    """Where a worker's events go. `emit` never raises: losing a progress event must not kill a run."""
+
+    def __init__(self, rank: int, queue=None, listener=None):
+        self.rank = rank
+        self._queue = queue
+        self._listener = listener
+
+    def emit(self, event: Event) -> None:
+        try:
+            if self._queue is not None:
+                self._queue.put(event)
+            elif self._listener is not None:
+                self._listener(event)
+        except Exception:  # noqa: BLE001 - progress is best effort
+            pass

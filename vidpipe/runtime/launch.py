@@ -1,0 +1,178 @@
+"""Start the ranks and supervise them: spawn W workers (or, under torchrun, be one), relay their events to
+the parent's display, and stop everything cleanly when a rank fails, dies, stalls, or the user interrupts."""
+
+from __future__ import annotations
+
+import os
+import queue as queue_module
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from vidpipe.errors import Interrupted, RankFailed
+from vidpipe.runtime.dist import RankSetup, torchrun_setup
+from vidpipe.runtime.events import Event, EventSink, RunFinished, WorkerError
+from vidpipe.runtime.worker import from_bytes, run_rank, worker_entry
+
+#: How long a worker gets to exit after SIGTERM before it is SIGKILLed.
+TERMINATE_GRACE_S = 3.0
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    world_size: int
+    device_type: str
+    backend: str
+    stall_timeout_s: float
+
+
+def under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def launch(job, spec: LaunchSpec, on_event: Callable[[Event], None]):
+    """Run `job` on every rank; returns rank 0's result (None on ranks > 0 under torchrun)."""
+    setup = torchrun_setup(spec.device_type, spec.backend) if under_torchrun() else None
+    if setup is not None:
+        return _run_as_torchrun_rank(setup, job, on_event)
+    return _spawn_and_supervise(job, spec, on_event)
+
+
+def _run_as_torchrun_rank(setup: RankSetup, job, on_event):
+    """torchrun started us: this process is one rank; local rank 0 draws its own progress."""
+    events = EventSink(setup.rank, listener=on_event if setup.local_rank == 0 else None)
+    return run_rank(setup, job, events)
+
+
+def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
+    context = mp.get_context("spawn")
+    events = context.Queue()
+    # NOTE: port 0 lets the OS pick a free port and the parent keeps the listening socket: no race between
+    # choosing a port and binding it, so several vidpipe runs can start at the same moment.
+    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
+    workers = []
+    previous_handlers = _install_signal_handlers(workers)
+    try:
+        for rank in range(spec.world_size):
+            setup = RankSetup(rank, spec.world_size, rank, spec.world_size, spec.device_type, spec.backend,
+                              "127.0.0.1", store.port)
+            process = context.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
+            process.start()
+            workers.append(process)
+        return _supervise(workers, events, spec.stall_timeout_s, on_event)
+    finally:
+        _stop_workers(workers)
+        _restore_signal_handlers(previous_handlers)
+        events.close()
+        del store  # closes the rendezvous port
+
+
+def _supervise(workers, events, stall_timeout_s: float, on_event):
+    last_event_at = {rank: time.monotonic() for rank in range(len(workers))}
+    while True:
+        try:
+            event = events.get(timeout=0.1)
+        except queue_module.Empty:
+            event = None
+        if event is not None:
+            last_event_at[event.rank] = time.monotonic()
+            if isinstance(event, WorkerError):
+                raise RankFailed(f"rank {event.rank} failed: {event.message}")
+            if isinstance(event, RunFinished):
+                return from_bytes(event.result)
+            on_event(event)
+            continue
+        _check_exits(workers, events)
+        _check_stall(last_event_at, stall_timeout_s)
+
+
+def _check_exits(workers, events) -> None:
+    for rank, process in enumerate(workers):
+        if process.exitcode is None or process.exitcode == 0:
+            continue
+        # The rank may have reported its error just before exiting: prefer that message.
+        try:
+            while True:
+                event = events.get(timeout=0.5)
+                if isinstance(event, WorkerError):
+                    raise RankFailed(f"rank {event.rank} failed: {event.message}")
+        except queue_module.Empty:
+            pass
+        raise RankFailed(f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped")
+
+
+def _check_stall(last_event_at: dict[int, float], stall_timeout_s: float) -> None:
+    now = time.monotonic()
+    # A rank may wait quietly while others work (pipeline fill, the end of an uneven split): the run has
+    # stalled only when no rank at all has reported for the whole timeout.
+    if now - max(last_event_at.values()) < stall_timeout_s:
+        return
+    stuck = min(last_event_at, key=last_event_at.get)
+    raise RankFailed(
+        f"no progress from any rank for {stall_timeout_s:.0f} s; rank {stuck} has been silent longest "
+        f"({now - last_event_at[stuck]:.0f} s): stopped all ranks (raise --stall-timeout if steps are this slow)"
+    )
+
+
+def describe_exit(exitcode: int) -> str:
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
+
+
+def _stop_workers(workers) -> None:
+    """SIGTERM every live worker and whatever it started, then SIGKILL what is left after a grace period."""
+    processes = []
+    for worker in workers:
+        if worker.is_alive():
+            try:
+                parent = psutil.Process(worker.pid)
+                processes.extend(parent.children(recursive=True))
+                processes.append(parent)
+            except psutil.NoSuchProcess:
+                pass
+    for process in processes:
+        try:
+            process.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _gone, alive = psutil.wait_procs(processes, timeout=TERMINATE_GRACE_S)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    for worker in workers:
+        worker.join(timeout=TERMINATE_GRACE_S)
+
+
+def _install_signal_handlers(workers):
+    """First SIGINT/SIGTERM: unwind and stop the ranks cleanly. A second: kill them all at once and exit."""
+    interrupted = []
+
+    def handler(signum, _frame):
+        if interrupted:
+            for worker in workers:
+                if worker.is_alive():
+                    os.kill(worker.pid, signal.SIGKILL)
+            os._exit(128 + signum)
+        interrupted.append(signum)
+        raise Interrupted(signum)
+
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, handler)
+    return previous
+
+
+def _restore_signal_handlers(previous) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)

@@ -1,0 +1,69 @@
+"""The body of every worker process: join the group, run the job, report, leave."""
+
+from __future__ import annotations
+
+import ctypes
+import io
+import signal
+import sys
+import traceback
+
+import torch
+
+from vidpipe.runtime.dist import RankSetup, join, leave
+from vidpipe.runtime.events import EventSink, RunFinished, WorkerError
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel SIGKILLs this worker if the parent dies, so no rank outlives a killed launcher."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def run_rank(setup: RankSetup, job, events: EventSink):
+    """Join, run `job` on this rank, leave; returns the job's result (rank 0) or None."""
+    ctx = join(setup)
+    try:
+        return job.run(ctx, events)
+    finally:
+        leave()
+
+
+def to_bytes(result) -> bytes:
+    """Serialise a result holding tensors into plain bytes.
+
+    NOTE: torch's queue pickler would share tensor storage through file descriptors, which vanish when this
+    worker exits before the parent has read them ("connection reset"): bytes outlive the sender.
+    """
+    buffer = io.BytesIO()
+    torch.save(result, buffer)
+    return buffer.getvalue()
+
+
+def from_bytes(data: bytes):
+    return torch.load(io.BytesIO(data), weights_only=False)
+
+
+def worker_entry(setup: RankSetup, job, queue) -> None:
+    """Target of each spawned process. Errors become a `WorkerError` event naming this rank, then exit 1."""
+    _die_with_parent()
+    # NOTE: Ctrl-C reaches the whole foreground process group; the parent alone decides how ranks stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    events = EventSink(setup.rank, queue=queue)
+    try:
+        result = run_rank(setup, job, events)
+        if setup.rank == 0:
+            events.emit(RunFinished(0, result=to_bytes(result)))
+    except BaseException as error:  # noqa: BLE001 - any failure must reach the parent
+        events.emit(
+            WorkerError(setup.rank, message=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        )
+        queue.close()
+        queue.join_thread()  # make sure the error is on the pipe before the process goes
+        sys.exit(1)
+    queue.close()
+    queue.join_thread()

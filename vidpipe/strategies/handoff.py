@@ -1,0 +1,61 @@
+"""Hand-offs: a sample's state (latents + conditioning) sent whole from one rank to another, without blocking.
+
+Tensors go one by one in the fixed order of the model's `state_spec`, each with its own tag, so that the
+receiver, which allocated its buffers from the same spec, matches them without any metadata exchange.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from vidpipe.models.base import SampleState, TensorSpec
+
+
+@dataclass
+class PendingSend:
+    """A posted send. NOTE: it holds the tensors: they must stay alive (and unchanged) until `wait` returns."""
+
+    works: list
+    tensors: list[torch.Tensor]
+
+    def wait(self) -> None:
+        for work in self.works:
+            work.wait()
+        self.tensors.clear()
+
+
+@dataclass
+class PendingRecv:
+    works: list
+    state: SampleState
+
+    def wait(self) -> SampleState:
+        for work in self.works:
+            work.wait()
+        return self.state
+
+
+def post_send(state: SampleState, spec: dict[str, TensorSpec], dst: int) -> PendingSend:
+    tensors = [state[name].contiguous() for name in spec]
+    works = [dist.isend(tensor, dst, tag=tag) for tag, tensor in enumerate(tensors)]
+    return PendingSend(works, tensors)
+
+
+def post_recv(spec: dict[str, TensorSpec], src: int, device: torch.device) -> PendingRecv:
+    state = {name: torch.empty(s.shape, dtype=s.dtype, device=device) for name, s in spec.items()}
+    works = [dist.irecv(tensor, src, tag=tag) for tag, tensor in enumerate(state.values())]
+    return PendingRecv(works, state)
+
+
+def send_latent(latents: torch.Tensor, dst: int) -> None:
+    """Blocking send of one tensor (phase-2 redistribution, not on the hot path)."""
+    dist.send(latents.contiguous(), dst)
+
+
+def recv_latent(spec: TensorSpec, src: int, device: torch.device) -> torch.Tensor:
+    tensor = torch.empty(spec.shape, dtype=spec.dtype, device=device)
+    dist.recv(tensor, src)
+    return tensor
