@@ -72,7 +72,7 @@ def test_every_rank_count_gives_the_one_rank_latents(strategy):
 def test_torchrun_starts_the_ranks(tmp_path):
     out = tmp_path / "t.json"
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0", "-m", "vidpipe",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "vidpipe",
          "simulate", "--steps", "4", "--samples", "3", *SMALL, "--json", str(out)],
         capture_output=True, text=True, timeout=240, env=vidpipe_env(), cwd=REPO,
     )

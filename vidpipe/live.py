@@ -61,7 +61,8 @@ class LiveView:
             if self.verbose:
                 self.live.console.print(
                     f"[rank={event.rank}] step {event.step} completed in {event.seconds * 1000:.2f} ms"
-                    + (" (warm-up)" if event.sample < 0 else f" (sample {event.sample})")
+                    + (" (warm-up)" if event.sample < 0 else f" (sample {event.sample})"),
+                    markup=False, highlight=False,
                 )
         elif isinstance(event, SampleDone) and event.sample >= 0:
             self.progress.advance(self.diffused)
