@@ -90,3 +90,62 @@ class SimulateConfig:
         self.run.check_steps(self.steps)
         if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
             raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """`vidpipe generate`: images -> videos with Stable Video Diffusion."""
+
+    run: RunOptions
+    images: tuple[str, ...]
+    model: str = "stabilityai/stable-video-diffusion-img2vid-xt"
+    samples: int = 1  # per image
+    seed: int = 0
+    steps: int = 25
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    decode_chunk_size: int = 4
+    vae_device: str = "gpu"
+    out: str = "outputs"
+    formats: tuple[str, ...] = ("mp4",)
+    save_latents: bool = False
+    offline: bool = False
+    cache_dir: str | None = None
+    json_path: str | None = None
+    overwrite: bool = False
+    warmup_samples: int = 0
+
+    def __post_init__(self):
+        if not self.images:
+            raise UsageError("no input image: give one or more image files, e.g. vidpipe generate photo.png")
+        _at_least("--samples", self.samples, 1, "each image needs at least one sample")
+        _at_least("--steps", self.steps, 1)
+        if self.frames is not None:
+            _at_least("--frames", self.frames, 1, "a video needs at least one frame")
+        for flag, value in (("--height", self.height), ("--width", self.width)):
+            if value is not None:
+                _at_least(flag, value, 8)
+        _at_least("--fps", self.fps, 1)
+        _at_least("--decode-chunk-size", self.decode_chunk_size, 1)
+        if self.frames is not None and self.decode_chunk_size > self.frames:
+            raise UsageError(
+                f"--decode-chunk-size {self.decode_chunk_size}: must be between 1 and --frames {self.frames}"
+            )
+        if self.min_guidance > self.max_guidance:
+            raise UsageError(
+                f"--min-guidance {self.min_guidance} > --max-guidance {self.max_guidance}: the guidance ramps "
+                "from min to max over the frames"
+            )
+        _choice("--vae-device", self.vae_device, ("gpu", "cpu"))
+        _at_least("--warmup-samples", self.warmup_samples, 0)
+        self.run.check_steps(self.steps)
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.images) * self.samples

@@ -88,15 +88,19 @@ class StepRecorder:
         self.events.emit(SampleDone(self.record.rank, sample=sample.index))
 
     def mark_memory(self, phase: str) -> None:
-        """Peak memory since the last mark: CUDA `max_memory_allocated`, else the process's peak RSS."""
-        if self.device.type == "cuda":
-            self.record.memory_kind = "cuda_max_allocated"
-            self.record.peak_memory_bytes[phase] = torch.cuda.max_memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            # NOTE: RSS peaks cannot be reset: on CPU each phase shows the process's peak so far.
-            self.record.memory_kind = "cpu_peak_rss"
-            self.record.peak_memory_bytes[phase] = peak_rss_bytes()
+        mark_memory(self.device, self.record, phase)
+
+
+def mark_memory(device: torch.device, record: RankRecord, phase: str) -> None:
+    """Peak memory since the last mark: CUDA `max_memory_allocated`, else the process's peak RSS."""
+    if device.type == "cuda":
+        record.memory_kind = "cuda_max_allocated"
+        record.peak_memory_bytes[phase] = torch.cuda.max_memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        # NOTE: RSS peaks cannot be reset: on CPU each phase shows the process's peak so far.
+        record.memory_kind = "cpu_peak_rss"
+        record.peak_memory_bytes[phase] = peak_rss_bytes()
 
 
 def peak_rss_bytes() -> int:

@@ -11,12 +11,13 @@ from typing import Annotated
 
 import typer
 
+from vidpipe.cli.generate import generate
+from vidpipe.cli.simulate import simulate
+from vidpipe.errors import VidpipeError
+
 # typer.BadParameter is click's BadParameter, whichever click typer runs on (its own vendored copy in recent
 # releases, the click package before): its base class is the UsageError that main() must catch.
 ClickUsageError = typer.BadParameter.__mro__[1]
-
-from vidpipe.cli.simulate import simulate
-from vidpipe.errors import VidpipeError
 
 app = typer.Typer(
     name="vidpipe",
@@ -34,6 +35,7 @@ def _root(
     """vidpipe: generate, simulate, bench, memory-probe. Run `vidpipe COMMAND --help` for each."""
 
 
+app.command(no_args_is_help=True)(generate)
 app.command(no_args_is_help=False)(simulate)
 
 

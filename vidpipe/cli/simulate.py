@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from vidpipe.cli.options import (
-    Backend, Device, Dtype, Gpus, JsonPath, Seed, StallTimeout, Steps, Strategy, Verbose, WarmupSamples,
+    Backend,
+    Device,
+    Dtype,
+    Gpus,
+    JsonPath,
+    Seed,
+    StallTimeout,
+    Steps,
+    Strategy,
+    Verbose,
+    WarmupSamples,
 )
 from vidpipe.config import RunOptions, SimulateConfig
 

@@ -40,8 +40,20 @@ def place(run: RunOptions, steps: int, default_gpus: int) -> Placement:
     return Placement(LaunchSpec(world_size, device_type, backend, run.stall_timeout_s), dtype, torchrun, draws)
 
 
-def run_with_display(job, placement: Placement, num_samples: int, verbose: bool, decode: bool = False):
-    """Launch `job` on every rank; returns rank 0's result, or None on the other ranks under torchrun."""
+def run_with_display(
+    job, placement: Placement, num_samples: int, verbose: bool, decode: bool = False, listener=None
+):
+    """Launch `job` on every rank; returns rank 0's result, or None on the other ranks under torchrun.
+
+    `listener(event)`, if given, sees every event too (e.g. to log finished files as they appear).
+    """
     view = LiveView(placement.spec.world_size, num_samples, verbose, decode) if placement.draws else None
+
+    def on_event(event) -> None:
+        if view is not None:
+            view.on_event(event)
+        if listener is not None:
+            listener(event)
+
     with view if view is not None else nullcontext():
-        return launch(job, placement.spec, view.on_event if view is not None else (lambda _event: None))
+        return launch(job, placement.spec, on_event)

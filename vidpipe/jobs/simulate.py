@@ -13,9 +13,6 @@ from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import summarize, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.dummy import DummyModel, DummyParams
-from vidpipe.runtime.devices import DTYPES
-from vidpipe.runtime.dist import DistContext
-from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.report import (
     assignment_table,
     conditions,
@@ -26,8 +23,10 @@ from vidpipe.report import (
     summary_table,
     write_json,
 )
+from vidpipe.runtime.devices import DTYPES
+from vidpipe.runtime.dist import DistContext
+from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.strategies.registry import get_strategy
-
 
 #: Ranks when --gpus is not given (and not under torchrun): enough to show a pipeline.
 DEFAULT_GPUS = 2

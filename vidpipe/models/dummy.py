@@ -39,12 +39,24 @@ class DummyParams:
 
 
 class DummyUNet(torch.nn.Module):
-    """Same call signature and output shape as `UNetSpatioTemporalConditionModel`; no weights."""
+    """Same call signature and output shape as `UNetSpatioTemporalConditionModel`; no weights.
+
+    With `step_ms` it behaves like a GPU running a fixed-time kernel: call k of a block ends at
+    `block_started + (k + 1) * step_ms`, so the CPU-side work around it (the scheduler, guidance, hand-offs,
+    all microseconds on a GPU) overlaps the wait instead of adding to it. A CPU that falls behind is not
+    waited for: contention still shows.
+    """
 
     def __init__(self, latent_channels: int, step_ms: float):
         super().__init__()
         self.latent_channels = latent_channels
         self.step_ms = step_ms
+        self.block_started = 0.0
+        self.calls_in_block = 0
+
+    def start_block(self) -> None:
+        self.block_started = time.perf_counter()
+        self.calls_in_block = 0
 
     def forward(self, sample, timestep, encoder_hidden_states, added_time_ids, return_dict=False):
         noisy, image = sample[:, :, : self.latent_channels], sample[:, :, self.latent_channels :]
@@ -54,7 +66,9 @@ class DummyUNet(torch.nn.Module):
         scale = (0.1 * (torch.sigmoid(timestep) + cond)).view(-1, 1, 1, 1, 1)
         out = noisy.add(image, alpha=0.5).mul_(scale)
         if self.step_ms > 0:
-            time.sleep(self.step_ms / 1000.0)  # like an accelerator kernel: wall time without CPU time
+            self.calls_in_block += 1
+            kernel_done = self.block_started + self.calls_in_block * self.step_ms / 1000.0
+            time.sleep(max(0.0, kernel_done - time.perf_counter()))  # wall time without CPU time
         return (out,)
 
 
@@ -68,7 +82,7 @@ class DummyModel:
         self.num_steps = params.steps
         batch, channels, frames, height, width = params.latent_shape
         self.latents_shape = (batch, frames, channels, height, width)  # SVD's layout: frames before channels
-        self.scheduler_config = svd_scheduler_config()
+        self.scheduler = fresh_scheduler(svd_scheduler_config(), self.num_steps, device)
         self.unet = DummyUNet(channels, params.step_ms)
 
     def state_spec(self) -> dict[str, TensorSpec]:
@@ -89,14 +103,14 @@ class DummyModel:
         }
         batch = self.latents_shape[0]
         state["added_time_ids"] = torch.tensor([[6.0, 127.0, 0.02]] * batch, dtype=self.dtype, device=self.device)
-        scheduler = fresh_scheduler(self.scheduler_config, self.num_steps, self.device)
         noise = randn_tensor(self.latents_shape, generator=generator, device=self.device, dtype=self.dtype)
-        state["latents"] = noise * scheduler.init_noise_sigma
+        state["latents"] = noise * self.scheduler.init_noise_sigma
         return state
 
     def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
         guidance = (self.params.min_guidance, self.params.max_guidance)
-        return denoise_block(self.unet, self.scheduler_config, self.num_steps, state, steps, guidance, on_step)
+        self.unet.start_block()
+        return denoise_block(self.unet, self.scheduler, self.num_steps, state, steps, guidance, on_step)
 
     def release_denoiser(self) -> None:
         self.unet = None

@@ -7,6 +7,8 @@ exactly where the previous block stopped. The simulator's stand-in UNet runs thr
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from diffusers.schedulers import EulerDiscreteScheduler
 
@@ -14,7 +16,10 @@ from vidpipe.models.base import SampleState, StepCallback
 
 
 def fresh_scheduler(config, num_steps: int, device: torch.device) -> EulerDiscreteScheduler:
-    """A scheduler with `num_steps` timesteps on `device`, positioned before step 0."""
+    """A scheduler with `num_steps` timesteps on `device`, positioned before step 0.
+
+    Build it once per model: `from_config` costs milliseconds, which add up over many blocks.
+    """
     scheduler = EulerDiscreteScheduler.from_config(config)
     scheduler.set_timesteps(num_steps, device=device)
     return scheduler
@@ -51,7 +56,7 @@ def expand_for_guidance(
 
 def denoise_block(
     unet: torch.nn.Module,
-    scheduler_config,
+    scheduler: EulerDiscreteScheduler,
     num_steps: int,
     state: SampleState,
     steps: range,
@@ -68,8 +73,12 @@ def denoise_block(
     embeddings, image_latents, time_ids = expand_for_guidance(state, num_frames, use_cfg)
     guidance_scale = guidance_ramp(guidance[0], guidance[1], num_frames, latents)
 
-    # 1. Position the scheduler at the first step of this block.
-    scheduler = fresh_scheduler(scheduler_config, num_steps, latents.device)
+    # 1. Position a scheduler at the first step of this block. The schedule is computed once per model;
+    #    NOTE: each block steps a shallow copy, which shares the sigmas but keeps its own step index, so
+    #    blocks of different samples never disturb each other.
+    if getattr(scheduler, "num_inference_steps", None) != num_steps or scheduler.timesteps.device != latents.device:
+        scheduler.set_timesteps(num_steps, device=latents.device)
+    scheduler = copy.copy(scheduler)
     scheduler.set_begin_index(steps.start)
     timesteps = scheduler.timesteps
 

@@ -58,5 +58,12 @@ def usable_cpu_count() -> int:
 
 
 def threads_per_rank(local_world_size: int) -> int:
-    """Share the CPU cores between the ranks of one machine so that they do not oversubscribe it."""
+    """Share the CPU cores between the ranks of one machine so that they do not oversubscribe it.
+
+    `VIDPIPE_THREADS_PER_RANK` overrides it: CPU matmuls round differently with other thread counts, so
+    comparing W ranks with 1 rank bit for bit needs the same count on both sides.
+    """
+    forced = os.environ.get("VIDPIPE_THREADS_PER_RANK")
+    if forced:
+        return max(1, int(forced))
     return max(1, usable_cpu_count() // max(1, local_world_size))

@@ -1,0 +1,150 @@
+"""`vidpipe generate` end to end with the tiny SVD: files a user can open, and pp/dp = 1 rank = diffusers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import imageio.v2 as imageio
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, read_json, vidpipe_env
+from vidpipe.cli import main
+from vidpipe.models.registry import resolve_model
+
+STEPS = 4
+COMMON = ["--model", "tiny", "--steps", str(STEPS), "--device", "cpu", "--max-guidance", "2.5"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    cache_dir = tmp_path_factory.mktemp("cache")
+    resolve_model("tiny", cache_dir=cache_dir)  # built once for the module
+    return cache_dir
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory):
+    y, x = np.mgrid[0:72, 0:96]
+    pixels = np.stack([x * 255 / 95, y * 255 / 71, (x + y) * 255 / 166], axis=-1).astype(np.uint8)
+    path = tmp_path_factory.mktemp("in") / "photo.png"
+    PIL.Image.fromarray(pixels).save(path)
+    return path
+
+
+def generate(*args, threads: int | None = None) -> subprocess.CompletedProcess:
+    env = vidpipe_env()
+    if threads:
+        env["VIDPIPE_THREADS_PER_RANK"] = str(threads)
+    return subprocess.run([sys.executable, "-m", "vidpipe", "generate", *args], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=REPO)
+
+
+def test_two_ranks_write_every_format(tmp_path, cache, photo):
+    out = tmp_path / "out"
+    result = generate(str(photo), *COMMON, "--cache-dir", str(cache), "--gpus", "2", "--samples", "3",
+                      "--seed", "5", "--out", str(out), "--format", "mp4,gif,png", "--save-latents",
+                      "--json", str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = read_json(tmp_path / "r.json")
+    assert report["verified"] if "verified" in report else True
+    assert [s["seed"] for s in report["samples"]] == [5, 6, 7]
+    assert {s["decoded_on_rank"] for s in report["samples"]} == {0, 1}  # phase 2 spread over the ranks
+    assert set(report["peak_memory_gb_per_rank_by_phase"]) >= {"diffuse", "decode"}
+    for index, seed in enumerate((5, 6, 7)):
+        stem = out / f"photo_s{index}_seed{seed}"
+        video = imageio.get_reader(f"{stem}.mp4", "ffmpeg")
+        frames = list(video.iter_data())
+        assert len(frames) == 4 and frames[0].shape == (64, 64, 3)  # tiny: 4 frames of 64 x 64
+        assert video.get_meta_data()["fps"] == 7
+        assert PIL.Image.open(f"{stem}.gif").n_frames >= 1
+        assert sorted(p.name for p in stem.iterdir()) == [f"frame_00{i}.png" for i in range(4)]
+        assert load_file(f"{stem}.latents.safetensors")["latents"].shape == (4, 4, 8, 8)
+    assert PIL.Image.open(out / "photo_input.png").size == (64, 64)
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(entry["sample"] for entry in manifest) == [0, 1, 2]
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing half-written
+    assert "Files written" in result.stderr
+
+
+def test_strategies_equal_one_rank_and_diffusers(tmp_path, cache, photo):
+    """CPU fp32, same thread count per rank: pp and dp on 2 ranks give the 1-rank latents bit for bit, and
+    1 rank gives diffusers' StableVideoDiffusionPipeline latents within 1e-4."""
+    latents = {}
+    for name, args in {"one": ["--gpus", "1"], "pp": ["--gpus", "2", "--strategy", "pp"],
+                       "dp": ["--gpus", "2", "--strategy", "dp"]}.items():
+        out = tmp_path / name
+        result = generate(str(photo), *COMMON, "--cache-dir", str(cache), "--samples", "2", "--out", str(out),
+                          "--format", "gif", "--save-latents", *args, threads=1)
+        assert result.returncode == 0, result.stderr[-3000:]
+        latents[name] = [load_file(out / f"photo_s{i}_seed{i}.latents.safetensors")["latents"] for i in (0, 1)]
+    for i in (0, 1):
+        assert torch.equal(latents["pp"][i], latents["one"][i])
+        assert torch.equal(latents["dp"][i], latents["one"][i])
+
+    from diffusers import StableVideoDiffusionPipeline
+
+    pipe = StableVideoDiffusionPipeline.from_pretrained(resolve_model("tiny", cache_dir=cache).path)
+    pipe.set_progress_bar_config(disable=True)
+    for i in (0, 1):
+        expected = pipe(PIL.Image.open(photo), height=64, width=64, num_frames=4, num_inference_steps=STEPS,
+                        fps=7, motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0,
+                        max_guidance_scale=2.5, generator=torch.Generator("cpu").manual_seed(i),
+                        output_type="latent").frames[0]
+        diff = (latents["one"][i] - expected).abs().max().item()
+        print(f"sample {i}: max abs diff vs diffusers = {diff:.3g}")
+        assert diff <= 1e-4
+
+
+def run_main(capsys, *args) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--frames", "0"], "--frames 0"),
+    (["--decode-chunk-size", "0"], "--decode-chunk-size 0"),
+    (["--decode-chunk-size", "9"], "--decode-chunk-size 9: must be between 1 and 4"),
+    (["--format", "mp5"], "unknown output format 'mp5'"),
+    (["--height", "72"], "--height 72: must be a positive multiple of 16"),
+    (["--model", "/nonexistent/dir"], "/nonexistent/dir"),
+])
+def test_bad_generate_input(capsys, tmp_path, cache, photo, extra, expected):
+    args = [str(photo), *COMMON, "--cache-dir", str(cache), "--out", str(tmp_path / "o")]
+    code, err = run_main(capsys, "generate", *args, *extra)
+    assert code == 2, err
+    assert expected in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_images_and_outputs(capsys, tmp_path, cache, photo):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.touch()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    cases = [
+        ([str(tmp_path / "missing.png")], "missing.png"),
+        ([str(text)], "notes.png"),
+        ([str(empty)], "empty.png"),
+        ([str(tmp_path)], str(tmp_path)),
+        ([str(photo), "--out", str(a_file)], str(a_file)),
+    ]
+    for args, expected in cases:
+        code, err = run_main(capsys, "generate", *args, *COMMON, "--cache-dir", str(cache))
+        assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, (args, err)
+
+
+def test_existing_outputs_are_not_overwritten(capsys, tmp_path, cache, photo):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "photo_s0_seed0.mp4").write_bytes(b"precious")
+    code, err = run_main(capsys, "generate", str(photo), *COMMON, "--cache-dir", str(cache), "--out", str(out))
+    assert code == 2 and "--overwrite" in err
+    assert (out / "photo_s0_seed0.mp4").read_bytes() == b"precious"

@@ -1,0 +1,183 @@
+"""`generate`: images -> videos. Phase 1 diffuses every sample under the chosen strategy; phase 2 frees the
+UNet and decodes on every rank, writing each sample's files as soon as they exist."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidpipe import media
+from vidpipe.config import GenerateConfig
+from vidpipe.errors import UsageError
+from vidpipe.jobs.decode import decode_and_write, redistribute
+from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
+from vidpipe.jobs.run import place, run_with_display
+from vidpipe.metrics import mark_memory, summarize, timeline
+from vidpipe.models.base import Sample
+from vidpipe.models.registry import ModelSource, resolve_model
+from vidpipe.report import (
+    assignment_table, conditions, stderr_console, step_assignment, summary_table, write_json,
+)
+from vidpipe.runtime.devices import DTYPES
+from vidpipe.runtime.dist import DistContext
+from vidpipe.runtime.events import EventSink, FilesWritten, PhaseStarted
+from vidpipe.strategies.registry import get_strategy
+
+#: Ranks when --gpus is not given: one GPU, the simplest thing that works.
+DEFAULT_GPUS = 1
+
+
+def svd_params(config: GenerateConfig):
+    from vidpipe.models.svd import SVDParams
+
+    return SVDParams(
+        steps=config.steps, frames=config.frames, height=config.height, width=config.width, fps=config.fps,
+        motion_bucket_id=config.motion_bucket_id, noise_aug_strength=config.noise_aug_strength,
+        min_guidance=config.min_guidance, max_guidance=config.max_guidance,
+        decode_chunk_size=config.decode_chunk_size, vae_device=config.vae_device,
+    )
+
+
+@dataclass(frozen=True)
+class GenerateJob:
+    config: GenerateConfig
+    source: ModelSource
+    dtype: str
+    samples: tuple[Sample, ...]
+    targets: dict  # sample index -> {format: path}
+    input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
+
+    def run(self, ctx: DistContext, events: EventSink):
+        from vidpipe.models.svd import SVDModel
+
+        events.emit(PhaseStarted(ctx.rank, phase="load"))
+        strategy = get_strategy(self.config.run.strategy)
+        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], svd_params(self.config),
+                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size))
+        samples = list(self.samples)
+        finals, record = run_diffusion(ctx, model, strategy, samples, self.config.warmup_samples, events)
+
+        # Phase 2: the UNet goes first, so decode has the memory diffusion used.
+        events.emit(PhaseStarted(ctx.rank, phase="decode"))
+        model.release_denoiser()
+        mine = redistribute(ctx, strategy, samples, finals, model.state_spec()["latents"])
+        rows = decode_and_write(ctx, model, samples, mine, self.targets, self.input_targets, self.config.fps,
+                                events)
+        mark_memory(ctx.device, record, "decode")
+        gathered = gather_to_first(ctx, (record, rows))
+        if not ctx.is_first:
+            return None
+        return {"records": [r for r, _ in gathered], "rows": [row for _, rs in gathered for row in rs]}
+
+
+def plan_samples(config: GenerateConfig, images: list) -> list[Sample]:
+    """Sample i of the run uses seed + i; each image gets `samples` of them, image by image."""
+    samples = []
+    for image_path, image in zip(config.images, images, strict=True):
+        for _ in range(config.samples):
+            index = len(samples)
+            samples.append(Sample(index, config.seed + index, image, Path(image_path).stem))
+    return samples
+
+
+def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[dict, dict]:
+    """Target paths of every sample and input image; refuses to overwrite existing files silently."""
+    out = Path(config.out)
+    kinds = list(config.formats) + (["latents"] if config.save_latents else [])
+    targets, inputs, existing = {}, {}, []
+    seen_stems = set()
+    for sample in samples:
+        stem = media.sample_stem(sample.image_name, sample.index, sample.seed)
+        paths = media.output_paths(out, stem, kinds)
+        existing += media.existing_outputs(paths)
+        targets[sample.index] = {kind: str(path) for kind, path in paths.items()}
+        if sample.image_name not in seen_stems:
+            seen_stems.add(sample.image_name)
+            inputs[sample.index] = str(out / f"{sample.image_name}_input.png")
+    if existing and not config.overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise UsageError(
+            f"{existing[0]}{more} already exist(s): pass --overwrite to replace, or choose another --out"
+        )
+    return targets, inputs
+
+
+def generate(config: GenerateConfig) -> dict | None:
+    """Run `vidpipe generate`; returns the report (None on torchrun ranks other than 0)."""
+    from vidpipe.models.svd import check_size, default_size
+
+    # 1. Everything that can be wrong with the input is checked before any process starts.
+    images = [media.load_image(Path(path)) for path in config.images]
+    media.check_output_dir(Path(config.out))
+    if "mp4" in config.formats:
+        media.check_ffmpeg_h264()
+    source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
+    check_size(source, config.frames, config.height, config.width)
+    frames, height, width = default_size(source)
+    frames = config.frames or frames
+    if config.decode_chunk_size > frames:
+        raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {frames} frames")
+    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
+    samples = plan_samples(config, images)
+    targets, inputs = plan_outputs(config, samples)
+
+    # 2. Run; the manifest gets a line as each sample's files land, so even a crashed run says what it finished.
+    manifest = Path(config.out) / "manifest.jsonl"
+
+    def log_files(event) -> None:
+        if isinstance(event, FilesWritten):
+            with manifest.open("a") as handle:
+                handle.write(json.dumps({"sample": event.sample, "files": list(event.files)}) + "\n")
+
+    job = GenerateJob(config, source, placement.dtype, tuple(samples), targets, inputs)
+    result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True, listener=log_files)
+    if result is None:
+        return None
+    return _report(config, placement, source, samples, result, (frames, config.height or height,
+                                                                  config.width or width))
+
+
+def _report(config, placement, source, samples, result, size) -> dict:
+    spec = placement.spec
+    strategy = get_strategy(config.run.strategy)
+    tl = timeline(result["records"])
+    rows = {row["index"]: row for row in result["rows"]}
+    report = {
+        "command": "generate",
+        "model": config.model,
+        "model_source": {"kind": source.kind, "path": str(source.path), "name": source.name},
+        "strategy": config.run.strategy,
+        **conditions(spec.device_type, spec.backend, placement.dtype, spec.world_size),
+        "total_steps": config.steps,
+        **step_assignment(config.run.strategy, config.steps, spec.world_size),
+        "num_samples": len(samples),
+        "warmup_samples": config.warmup_samples,
+        "seeds": [s.seed for s in samples],
+        "frames": size[0], "height": size[1], "width": size[2],
+        **summarize(result["records"], lambda step_s, n: strategy.ideal_makespan(
+            step_s, n, config.steps, spec.world_size)),
+        "samples": [
+            {"index": s.index, "seed": s.seed, "image": config.images[s.index // config.samples],
+             "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
+             "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
+             "decoded_on_rank": rows[s.index]["rank"]}
+            for s in samples
+        ],
+    }
+    stderr_console.print(assignment_table(report))
+    stderr_console.print(summary_table(report))
+    stderr_console.print(files_table(report))
+    write_json(report, config.json_path)
+    return report
+
+
+def files_table(report: dict):
+    from rich.table import Table
+
+    table = Table(title="Files written")
+    for column in ("sample", "seed", "latency s", "files"):
+        table.add_column(column, justify="left" if column == "files" else "right")
+    for row in report["samples"]:
+        table.add_row(str(row["index"]), str(row["seed"]), f"{row['latency_s']:.2f}", "\n".join(row["files"]))
+    return table

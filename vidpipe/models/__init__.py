@@ -1,0 +1,1 @@
+"""Model adapters: single-device code (never imports torch.distributed)."""

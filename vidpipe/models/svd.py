@@ -1,0 +1,299 @@
+"""The `svd` adapter: Stable Video Diffusion on one device, built from diffusers' own pipeline pieces.
+
+A `StableVideoDiffusionPipeline` object holds the components and supplies every helper (image encoding, noise
+augmentation, time ids, initial noise, VAE decode, post-processing); only the denoising loop is ours
+(`sampling.denoise_block`), so that any contiguous block of steps can run on its own.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import (
+    AutoencoderKLTemporalDecoder,
+    EulerDiscreteScheduler,
+    StableVideoDiffusionPipeline,
+    UNetSpatioTemporalConditionModel,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+from vidpipe.errors import UsageError
+from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
+from vidpipe.models.registry import ModelSource
+from vidpipe.models.sampling import denoise_block
+
+#: Default pixel size per flavor; other models get the pipeline's own default, SVD's training size.
+DEFAULT_PIXELS = {"tiny": (64, 64)}
+PIPELINE_PIXELS = (576, 1024)
+
+
+@dataclass(frozen=True)
+class SVDParams:
+    """Everything the sampler needs (validated by the caller). None sizes mean the model's defaults."""
+
+    steps: int
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    fps: int = 7
+    motion_bucket_id: int = 127
+    noise_aug_strength: float = 0.02
+    min_guidance: float = 1.0
+    max_guidance: float = 3.0
+    decode_chunk_size: int = 4
+    vae_device: str = "gpu"  # "cpu": phase-2 decode on the CPU, leaving the GPU to diffusion
+
+
+def _config(source: ModelSource, component: str) -> dict:
+    return json.loads((source.path / component / "config.json").read_text())
+
+
+def default_size(source: ModelSource) -> tuple[int, int, int]:
+    """(frames, height, width) the model generates by default: svd-xt 25 x 576 x 1024, tiny 4 x 64 x 64."""
+    height, width = DEFAULT_PIXELS.get(source.name, PIPELINE_PIXELS)
+    return _config(source, "unet")["num_frames"], height, width
+
+
+def check_size(source: ModelSource, frames: int | None, height: int | None, width: int | None) -> None:
+    """UsageError, with the arithmetic, unless the sizes fit the model (None = the default, always fine).
+
+    Pixels must divide by the VAE factor and then by 2 once per UNet down-sampling, or the UNet's skip
+    connections stop lining up.
+    """
+    vae_factor = 2 ** (len(_config(source, "vae")["block_out_channels"]) - 1)
+    downsamplings = len(_config(source, "unet")["down_block_types"]) - 1  # the last block keeps its size
+    multiple = vae_factor * 2**downsamplings
+    if frames is not None and frames < 1:
+        raise UsageError(
+            f"--frames {frames}: must be at least 1; try the model's default, {default_size(source)[0]}"
+        )
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is None or (value > 0 and value % multiple == 0):
+            continue
+        below, above = value // multiple * multiple, (value // multiple + 1) * multiple
+        suggestion = f"{below} or {above}" if below > 0 else f"{above}"
+        raise UsageError(
+            f"{flag} {value}: must be a positive multiple of {multiple} (VAE factor {vae_factor} x "
+            f"2**{downsamplings} UNet down-samplings); try {suggestion}"
+        )
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # Only when needed: diffusers warns on every dtype cast, and a no-op `.to` still walks every parameter.
+    parameter = next(module.parameters())
+    if parameter.device != device or parameter.dtype != dtype:
+        module.to(device, dtype)
+    return module
+
+
+def random_components(
+    config_dir: Path, device: torch.device, dtype: torch.dtype, encoders: bool = True
+) -> dict[str, object]:
+    """Pipeline components with random weights from a config directory, identical on every call.
+
+    NOTE: each component is seeded (and built directly on `device`, which is fast for full-size models), so
+    every rank of a run holds the same weights without any of them being written to disk.
+    """
+    unet_config = UNetSpatioTemporalConditionModel.load_config(config_dir / "unet")
+    vae_config = AutoencoderKLTemporalDecoder.load_config(config_dir / "vae")
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
+        torch.manual_seed(0)
+        vae = AutoencoderKLTemporalDecoder.from_config(vae_config)
+        image_encoder = None
+        if encoders:
+            torch.manual_seed(0)
+            encoder_config = CLIPVisionConfig.from_pretrained(config_dir / "image_encoder")
+            image_encoder = CLIPVisionModelWithProjection(encoder_config)
+    return {
+        "unet": _place(unet, device, dtype),
+        "vae": _place(vae, device, dtype),
+        "image_encoder": _place(image_encoder, device, dtype) if image_encoder is not None else None,
+        "scheduler": EulerDiscreteScheduler.from_pretrained(config_dir / "scheduler"),
+        "feature_extractor": CLIPImageProcessor.from_pretrained(config_dir / "feature_extractor"),
+    }
+
+
+def load_components(model_dir: Path, dtype: torch.dtype, encoders: bool = True) -> dict[str, object]:
+    """Pipeline components from a local diffusers SVD directory, fp16 weight files where present."""
+
+    def variant(component: str) -> str | None:
+        return "fp16" if any((model_dir / component).glob("*fp16*.safetensors")) else None
+
+    common = {"local_files_only": True}
+    image_encoder = None
+    if encoders:
+        image_encoder = CLIPVisionModelWithProjection.from_pretrained(
+            model_dir, subfolder="image_encoder", dtype=dtype, variant=variant("image_encoder"), **common
+        )
+    return {
+        "unet": UNetSpatioTemporalConditionModel.from_pretrained(
+            model_dir, subfolder="unet", torch_dtype=dtype, variant=variant("unet"), **common
+        ),
+        "vae": AutoencoderKLTemporalDecoder.from_pretrained(
+            model_dir, subfolder="vae", torch_dtype=dtype, variant=variant("vae"), **common
+        ),
+        "image_encoder": image_encoder,
+        "scheduler": EulerDiscreteScheduler.from_pretrained(model_dir, subfolder="scheduler", **common),
+        "feature_extractor": CLIPImageProcessor.from_pretrained(
+            model_dir, subfolder="feature_extractor", **common
+        ),
+    }
+
+
+def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    # The pipeline's helpers assume 3 channels; RGBA or grey inputs would otherwise break them.
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class SVDModel:
+    """Stable Video Diffusion behind the `DiffusionModel` protocol, on one device."""
+
+    def __init__(
+        self,
+        pipeline: StableVideoDiffusionPipeline,
+        device: torch.device,
+        dtype: torch.dtype,
+        params: SVDParams,
+        size: tuple[int, int, int],
+    ):
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = dtype
+        self.params = params
+        self.num_steps = params.steps
+        self.num_frames, self.height, self.width = size
+        self.scheduler_config = pipeline.scheduler.config
+        # Kept apart from the UNet, which `release_denoiser` drops before phase 2.
+        self.latent_channels = pipeline.unet.config.in_channels // 2
+        self.embedding_dim = pipeline.unet.config.cross_attention_dim
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        params: SVDParams,
+        encoders: bool = True,
+    ) -> SVDModel:
+        """Load (kind "dir") or build (kind "random") on `device`; dtype None: fp16 on CUDA, fp32 on CPU.
+
+        `encoders=False` skips the CLIP image encoder, for ranks that never call `encode`.
+        """
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())  # compared with parameters' devices
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        frames, height, width = default_size(source)
+        size = (params.frames or frames, params.height or height, params.width or width)
+        check_size(source, *size)
+        if source.kind == "random":
+            components = random_components(source.path, device, dtype, encoders)
+        else:
+            components = load_components(source.path, dtype, encoders)
+        for module in (components["unet"], components["vae"], components["image_encoder"]):
+            if module is not None:
+                module.to(device).eval().requires_grad_(False)
+        pipeline = StableVideoDiffusionPipeline(**components)
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(pipeline, device, dtype, params, size)
+
+    def state_spec(self) -> dict[str, TensorSpec]:
+        """Shapes and dtypes of what `encode` returns, in a fixed order (the conditioning is compact)."""
+        factor = self.pipeline.vae_scale_factor
+        latent = (self.latent_channels, self.height // factor, self.width // factor)
+        return {
+            "latents": TensorSpec((1, self.num_frames, *latent), self.dtype),
+            "image_embeddings": TensorSpec((1, 1, self.embedding_dim), self.dtype),
+            "image_latents": TensorSpec((1, *latent), self.dtype),
+            "added_time_ids": TensorSpec((1, 3), self.dtype),
+        }
+
+    @torch.no_grad()
+    def encode(self, sample: Sample) -> SampleState:
+        """Conditioning and starting noise of `sample` (PIL image, seed), as the pipeline computes them.
+
+        NOTE: one CPU generator, drawn in the pipeline's order: the noise-augmentation noise first, then the
+        initial latents. Any other order or generator changes every output.
+        """
+        pipe, device, p = self.pipeline, self.device, self.params
+        if pipe.image_encoder is None:
+            raise RuntimeError("SVDModel.encode: this model was loaded with encoders=False")
+        image = _rgb(sample.image)
+        generator = torch.Generator("cpu").manual_seed(sample.seed)
+
+        # 1. CLIP image embedding: the conditional half only (`denoise_block` adds the zero half).
+        embeddings = pipe._encode_image(image, device, 1, False)
+
+        # 2. Noise-augmented image -> VAE latents. As the pipeline does, an fp16 VAE with force_upcast encodes
+        #    in fp32; the cast is repeated each time because `decode` may have moved the VAE since.
+        pixels = pipe.video_processor.preprocess(image, height=self.height, width=self.width).to(device)
+        noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
+        pixels = pixels + p.noise_aug_strength * noise
+        upcast = self.dtype == torch.float16 and pipe.vae.config.force_upcast
+        _place(pipe.vae, device, torch.float32 if upcast else self.dtype)
+        image_latents = pipe._encode_vae_image(pixels, device, 1, False).to(embeddings.dtype)
+
+        # 3. Micro-conditioning. SVD was trained on fps - 1.
+        time_ids = pipe._get_add_time_ids(
+            p.fps - 1, p.motion_bucket_id, p.noise_aug_strength, embeddings.dtype, 1, 1, False
+        ).to(device)
+
+        # 4. Starting noise, scaled by this schedule's initial sigma (hence set_timesteps first).
+        pipe.scheduler.set_timesteps(self.num_steps, device=device)
+        shape = (1, self.num_frames, 2 * self.latent_channels, self.height, self.width)  # 2x: UNet input
+        latents = pipe.prepare_latents(*shape, embeddings.dtype, device, generator)
+        return {
+            "latents": latents,
+            "image_embeddings": embeddings,
+            "image_latents": image_latents,
+            "added_time_ids": time_ids,
+        }
+
+    @torch.no_grad()
+    def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Run `steps`, a contiguous block of the `num_steps` schedule, on `state`; return the new latents."""
+        if steps.step != 1 or not 0 <= steps.start <= steps.stop <= self.num_steps:
+            raise ValueError(f"denoise: {steps} is not a contiguous block of range(0, {self.num_steps})")
+        if self.pipeline.unet is None:
+            raise RuntimeError("SVDModel.denoise: the denoiser was released")
+        state = {key: tensor.to(self.device) for key, tensor in state.items()}
+        guidance = (self.params.min_guidance, self.params.max_guidance)
+        return denoise_block(
+            self.pipeline.unet, self.pipeline.scheduler, self.num_steps, state, steps, guidance, on_step
+        )
+
+    def release_denoiser(self) -> None:
+        """Drop the UNet and image encoder (phase 2 needs only the VAE) and return their memory."""
+        self.pipeline.unet = None
+        self.pipeline.image_encoder = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Final latents [1, F, C, h, w] -> uint8 frames [F, H, W, 3], decoded in fp32, chunk by chunk."""
+        pipe = self.pipeline
+        device = torch.device("cpu") if self.params.vae_device == "cpu" else self.device
+        _place(pipe.vae, device, torch.float32)
+        frames = pipe.decode_latents(
+            latents.to(device, torch.float32), latents.shape[1], self.params.decode_chunk_size
+        )
+        video = pipe.video_processor.postprocess_video(frames, output_type="np")[0]
+        # Rounded as diffusers' numpy_to_pil does, so the frames equal the pipeline's PIL output.
+        return (video * 255).round().astype(np.uint8)
+
+    def input_image(self, sample: Sample) -> PIL.Image.Image:
+        """The input image resized as the VAE sees it (height x width), e.g. for `{stem}_input.png`."""
+        return self.pipeline.video_processor.resize(_rgb(sample.image), self.height, self.width)
