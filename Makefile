@@ -35,7 +35,13 @@ test: install
 demo: install
 	$(VENV)/bin/vidpipe simulate --gpus 4 --strategy pp --steps 28 --samples 12 --step-ms 20 --device cpu \
 		--json $(DEMO_OUT)/simulate.json
-	@echo "report: $(DEMO_OUT)/simulate.json"
+	$(VENV)/bin/vidpipe generate examples/sunset.png --model tiny --gpus 2 --strategy pp --samples 2 \
+		--steps 8 --frames 8 --height 64 --width 96 --device cpu --format mp4,gif --overwrite \
+		--out $(DEMO_OUT) --json $(DEMO_OUT)/generate.json
+	@echo
+	@echo "simulate report: $(DEMO_OUT)/simulate.json"
+	@echo "videos:          $$(ls $(DEMO_OUT)/*.mp4 | tr '\n' ' ')"
+	@echo "generate report: $(DEMO_OUT)/generate.json"
 
 lint: install
 	$(VENV)/bin/ruff check vidpipe tests
