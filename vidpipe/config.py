@@ -120,6 +120,7 @@ class GenerateConfig:
     json_path: str | None = None
     overwrite: bool = False
     warmup_samples: int = 0
+    resume: bool = False
 
     def __post_init__(self):
         if not self.images:
@@ -144,6 +145,8 @@ class GenerateConfig:
             )
         _choice("--vae-device", self.vae_device, ("gpu", "cpu"))
         _at_least("--warmup-samples", self.warmup_samples, 0)
+        if self.resume and self.overwrite:
+            raise UsageError("--resume keeps finished outputs, --overwrite replaces them: choose one")
         self.run.check_steps(self.steps)
 
     @property

@@ -20,6 +20,7 @@ import torch
 
 from vidpipe.models.base import Sample, StepCallback
 from vidpipe.runtime.events import EventSink, SampleDone, StepDone
+from vidpipe.runtime.faults import fault_for, maybe_fail
 
 GIB = 1024**3
 
@@ -44,6 +45,7 @@ class StepRecorder:
         self.events = events
         self.record = RankRecord(rank=rank, threads=torch.get_num_threads())
         self.t0 = time.perf_counter()
+        self.fault_step = fault_for(rank)
 
     def start_clock(self) -> None:
         self._sync()
@@ -72,6 +74,8 @@ class StepRecorder:
                          steps_in_block=len(block), block_position=step - block.start + 1)
             )
             last = end
+            if sample.index >= 0:
+                maybe_fail(rank, step, self.fault_step)
 
         return on_step
 

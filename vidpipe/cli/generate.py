@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from vidpipe.cli.options import (
-    Backend, Device, Dtype, Gpus, JsonPath, Seed, StallTimeout, Strategy, Verbose, WarmupSamples,
+    Backend,
+    Device,
+    Dtype,
+    Gpus,
+    JsonPath,
+    Seed,
+    StallTimeout,
+    Strategy,
+    Verbose,
+    WarmupSamples,
 )
 from vidpipe.config import GenerateConfig, RunOptions
 
@@ -48,6 +57,7 @@ def generate(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")] = None,
     json_path: JsonPath = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    resume: Annotated[bool, typer.Option(help="Skip samples whose output files are all there already.")] = False,
     warmup_samples: WarmupSamples = 0,
     stall_timeout: StallTimeout = 300.0,
     verbose: Verbose = False,
@@ -65,6 +75,6 @@ def generate(
         run, tuple(str(p) for p in images), model, samples, seed, steps, frames, height, width, fps,
         motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,
         str(out), parse_formats(formats), save_latents, offline, str(cache_dir) if cache_dir else None,
-        json_path, overwrite, warmup_samples,
+        json_path, overwrite, warmup_samples, resume,
     )
     run_generate(config)

@@ -17,7 +17,12 @@ from vidpipe.metrics import mark_memory, summarize, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource, resolve_model
 from vidpipe.report import (
-    assignment_table, conditions, stderr_console, step_assignment, summary_table, write_json,
+    assignment_table,
+    conditions,
+    stderr_console,
+    step_assignment,
+    summary_table,
+    write_json,
 )
 from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
@@ -81,15 +86,19 @@ def plan_samples(config: GenerateConfig, images: list) -> list[Sample]:
     return samples
 
 
-def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[dict, dict]:
-    """Target paths of every sample and input image; refuses to overwrite existing files silently."""
+def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[list[Sample], dict, dict]:
+    """(samples still to run, their target paths, input-image paths). Existing files are never overwritten
+    silently: `--resume` skips samples whose outputs are all there, `--overwrite` replaces them."""
     out = Path(config.out)
     kinds = list(config.formats) + (["latents"] if config.save_latents else [])
-    targets, inputs, existing = {}, {}, []
+    targets, inputs, existing, todo = {}, {}, [], []
     seen_stems = set()
     for sample in samples:
         stem = media.sample_stem(sample.image_name, sample.index, sample.seed)
         paths = media.output_paths(out, stem, kinds)
+        if config.resume and media.is_complete(paths):
+            continue
+        todo.append(sample)
         existing += media.existing_outputs(paths)
         targets[sample.index] = {kind: str(path) for kind, path in paths.items()}
         if sample.image_name not in seen_stems:
@@ -98,9 +107,10 @@ def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[dict, d
     if existing and not config.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise UsageError(
-            f"{existing[0]}{more} already exist(s): pass --overwrite to replace, or choose another --out"
+            f"{existing[0]}{more} already exist(s): pass --overwrite to replace, --resume to skip finished "
+            "samples, or choose another --out"
         )
-    return targets, inputs
+    return todo, targets, inputs
 
 
 def generate(config: GenerateConfig) -> dict | None:
@@ -119,8 +129,10 @@ def generate(config: GenerateConfig) -> dict | None:
     if config.decode_chunk_size > frames:
         raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {frames} frames")
     placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
-    samples = plan_samples(config, images)
-    targets, inputs = plan_outputs(config, samples)
+    samples, targets, inputs = plan_outputs(config, plan_samples(config, images))
+    if not samples:
+        stderr_console.print(f"every sample's outputs are already in {config.out} (--resume): nothing to do")
+        return None
 
     # 2. Run; the manifest gets a line as each sample's files land, so even a crashed run says what it finished.
     manifest = Path(config.out) / "manifest.jsonl"
@@ -131,7 +143,12 @@ def generate(config: GenerateConfig) -> dict | None:
                 handle.write(json.dumps({"sample": event.sample, "files": list(event.files)}) + "\n")
 
     job = GenerateJob(config, source, placement.dtype, tuple(samples), targets, inputs)
-    result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True, listener=log_files)
+    try:
+        result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True,
+                                  listener=log_files)
+    finally:
+        # Finished files stay; a rank stopped mid-write may have left a hidden temporary: never a partial file.
+        media.remove_temporaries(Path(config.out))
     if result is None:
         return None
     return _report(config, placement, source, samples, result, (frames, config.height or height,

@@ -1,5 +1,6 @@
 """Media in and out: the input image, the output folder and names, and atomic writers for every format."""
 
+from vidpipe.media.atomic import remove_temporaries
 from vidpipe.media.images import load_image
 from vidpipe.media.outputs import (
     FORMATS,
@@ -21,6 +22,7 @@ from vidpipe.media.writers import (
 )
 
 __all__ = [
+    "remove_temporaries",
     "FORMATS",
     "check_ffmpeg_h264",
     "check_output_dir",

@@ -89,3 +89,19 @@ def _write_failure_message(path: Path, exc: OSError) -> str:
     if exc.errno in _DISK_FULL_ERRNOS:
         return f"disk full while writing {path}: free space or choose another --out"
     return f"could not write {path} ({os_error_reason(exc)}): check the --out folder or choose another"
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the hidden temporaries writers left in `folder` (a worker killed mid-write cannot clean up).
+
+    Only names of our own pattern, `.{name}.tmp-<pid>-<hex>...`, are touched.
+    """
+    import re
+
+    pattern = re.compile(r"^\..+\.tmp-\d+-[0-9a-f]{8}")
+    removed = []
+    for entry in Path(folder).iterdir() if Path(folder).is_dir() else []:
+        if pattern.match(entry.name):
+            remove_quietly(entry)
+            removed.append(entry)
+    return removed

@@ -82,13 +82,33 @@ def _supervise(workers, events, stall_timeout_s: float, on_event):
         if event is not None:
             last_event_at[event.rank] = time.monotonic()
             if isinstance(event, WorkerError):
-                raise RankFailed(f"rank {event.rank} failed: {event.message}")
+                raise _root_cause(workers, event)
             if isinstance(event, RunFinished):
                 return from_bytes(event.result)
             on_event(event)
             continue
         _check_exits(workers, events)
         _check_stall(last_event_at, stall_timeout_s)
+
+
+def _short(message: str, limit: int = 300) -> str:
+    first_line = message.strip().splitlines()[0] if message.strip() else message
+    return first_line if len(first_line) <= limit else first_line[: limit - 3] + "..."
+
+
+def _root_cause(workers, error: WorkerError) -> RankFailed:
+    """A rank that dies takes its neighbours' connections with it, and they often report first: wait a moment
+    and name the dead rank as the cause when there is one."""
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        for rank, process in enumerate(workers):
+            if rank != error.rank and process.exitcode is not None and process.exitcode < 0:
+                return RankFailed(
+                    f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped "
+                    f"(rank {error.rank} then failed: {_short(error.message, 120)})"
+                )
+        time.sleep(0.05)
+    return RankFailed(f"rank {error.rank} failed: {_short(error.message)}")
 
 
 def _check_exits(workers, events) -> None:
@@ -100,7 +120,7 @@ def _check_exits(workers, events) -> None:
             while True:
                 event = events.get(timeout=0.5)
                 if isinstance(event, WorkerError):
-                    raise RankFailed(f"rank {event.rank} failed: {event.message}")
+                    raise _root_cause(workers, event)
         except queue_module.Empty:
             pass
         raise RankFailed(f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped")

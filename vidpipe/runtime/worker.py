@@ -48,11 +48,21 @@ def from_bytes(data: bytes):
     return torch.load(io.BytesIO(data), weights_only=False)
 
 
+def _exit_on_sigterm(signum, _frame) -> None:
+    # Once only: a SIGTERM arriving while the worker already unwinds or runs its exit handlers just ends it,
+    # instead of raising again inside them (a traceback on the user's terminal).
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    sys.exit(128 + signum)
+
+
 def worker_entry(setup: RankSetup, job, queue) -> None:
     """Target of each spawned process. Errors become a `WorkerError` event naming this rank, then exit 1."""
     _die_with_parent()
     # NOTE: Ctrl-C reaches the whole foreground process group; the parent alone decides how ranks stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM from the parent unwinds Python (finally blocks remove temporary files); a rank stuck in C code
+    # does not return to Python and is SIGKILLed after a grace period instead.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     events = EventSink(setup.rank, queue=queue)
     try:
         result = run_rank(setup, job, events)
@@ -62,6 +72,7 @@ def worker_entry(setup: RankSetup, job, queue) -> None:
         events.emit(
             WorkerError(setup.rank, message=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         )
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         queue.close()
         queue.join_thread()  # make sure the error is on the pipe before the process goes
         sys.exit(1)

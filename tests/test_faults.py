@@ -1,0 +1,131 @@
+"""Faults injected into real runs: a rank raises, dies, stalls, or the user interrupts. Each run must end with
+the right exit code and message, leave no process behind, and keep finished files (no partial ones)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+from tests.conftest import REPO, vidpipe_env
+
+SLOW = ["--steps", "4", "--samples", "40", "--step-ms", "100", "--latent-shape", "1", "4", "2", "8", "8",
+        "--device", "cpu", "--warmup-samples", "0"]
+
+
+def start(*args: str, env_extra: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `vidpipe ARGS`; every process of the run carries a marker in its environment."""
+    marker = uuid.uuid4().hex
+    env = {**vidpipe_env(), "VIDPIPE_TEST_RUN": marker, **(env_extra or {})}
+    process = subprocess.Popen([sys.executable, "-m", "vidpipe", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    return process, marker
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get("VIDPIPE_TEST_RUN") == marker and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def workers_of(process: subprocess.Popen, count: int, timeout: float = 120) -> list[psutil.Process]:
+    """The spawned rank processes, once all `count` are up and stepping."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [c for c in psutil.Process(process.pid).children() if "spawn_main" in " ".join(c.cmdline())]
+        if len(children) == count:
+            time.sleep(8)  # let them import, join and start stepping
+            return children
+        time.sleep(0.2)
+    raise AssertionError("workers did not start")
+
+
+def finish(process: subprocess.Popen, marker: str) -> tuple[int, str]:
+    _out, err = process.communicate(timeout=120)  # a guard against hangs, not a speed target
+    deadline = time.monotonic() + 10
+    while processes_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert processes_with(marker) == [], "processes left behind"
+    return process.returncode, err
+
+
+@pytest.mark.parametrize("strategy", ["pp", "dp"])
+def test_a_rank_that_raises_ends_the_run(strategy):
+    process, marker = start("simulate", "--gpus", "2", "--strategy", strategy, *SLOW,
+                            env_extra={"VIDPIPE_TEST_FAULT": "raise:1:3"})
+    code, err = finish(process, marker)
+    assert code == 1
+    assert "rank 1 failed: InjectedFault: injected fault at step 3" in err
+    assert "Traceback" not in err
+
+
+def test_a_rank_killed_by_sigkill_ends_the_run():
+    process, marker = start("simulate", "--gpus", "3", *SLOW)
+    victim = workers_of(process, 3)[1]
+    victim.send_signal(signal.SIGKILL)
+    code, err = finish(process, marker)
+    assert code == 1
+    assert "died unexpectedly (killed by SIGKILL)" in err
+
+
+def test_a_stopped_rank_is_caught_by_the_stall_timeout():
+    process, marker = start("simulate", "--gpus", "2", "--stall-timeout", "4", *SLOW)
+    workers = workers_of(process, 2)
+    workers[0].send_signal(signal.SIGSTOP)
+    code, err = finish(process, marker)
+    assert code == 1
+    assert "no progress from any rank for 4 s" in err and "rank 0 has been silent longest" in err
+
+
+@pytest.mark.parametrize(("signum", "expected_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_interrupting_the_parent_stops_every_rank(signum, expected_code):
+    process, marker = start("simulate", "--gpus", "2", *SLOW)
+    workers_of(process, 2)
+    os.kill(process.pid, signum)
+    code, err = finish(process, marker)
+    assert code == expected_code
+    assert "interrupted" in err
+
+
+def test_interrupted_generate_keeps_finished_files_and_no_partial_one(tmp_path):
+    import numpy as np
+    import PIL.Image
+
+    image = tmp_path / "still.png"
+    PIL.Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(image)
+    out = tmp_path / "out"
+    process, marker = start("generate", str(image), "--model", "tiny", "--cache-dir", str(tmp_path / "cache"),
+                            "--steps", "3", "--samples", "30", "--device", "cpu", "--format", "gif,png",
+                            "--out", str(out), "--gpus", "2", "--strategy", "dp")
+    manifest = out / "manifest.jsonl"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not (manifest.exists() and manifest.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    os.kill(process.pid, signal.SIGINT)
+    code, _err = finish(process, marker)
+    assert code == 130
+    finished = [line for line in manifest.read_text().splitlines() if line]
+    assert len(finished) >= 2
+    assert not [p for p in out.iterdir() if ".tmp-" in p.name]
+    for gif in out.glob("*.gif"):
+        assert PIL.Image.open(gif).n_frames >= 1  # every file there is whole
+
+    # --resume finishes the job without redoing what is there
+    rerun = subprocess.run([sys.executable, "-m", "vidpipe", "generate", str(image), "--model", "tiny",
+                            "--cache-dir", str(tmp_path / "cache"), "--steps", "3", "--samples", "30",
+                            "--device", "cpu", "--format", "gif,png", "--out", str(out), "--gpus", "2",
+                            "--strategy", "dp", "--resume", "--json", str(tmp_path / "r.json")],
+                           capture_output=True, text=True, timeout=300, env=vidpipe_env(), cwd=REPO)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert len(list(out.glob("*.gif"))) == 30
