@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import REPO, vidpipe_env
 
-SLOW = ["--steps", "4", "--samples", "40", "--step-ms", "100", "--latent-shape", "1", "4", "2", "8", "8",
+SLOW = ["--steps", "4", "--samples", "400", "--step-ms", "100", "--latent-shape", "1", "4", "2", "8", "8",
         "--device", "cpu", "--warmup-samples", "0"]
 
 

@@ -52,11 +52,6 @@ class FilesWritten(Event):
 
 
 @dataclass(frozen=True)
-class Heartbeat(Event):
-    pass
-
-
-@dataclass(frozen=True)
 class WorkerError(Event):
     message: str = ""
     traceback: str = ""

@@ -21,6 +21,11 @@ from vidpipe.runtime.worker import from_bytes, run_rank, worker_entry
 
 #: How long a worker gets to exit after SIGTERM before it is SIGKILLed.
 TERMINATE_GRACE_S = 3.0
+#: How long a finished run waits for its workers to exit by themselves.
+WORKER_EXIT_WAIT_S = 15.0
+#: Silence allowed before any rank has reported at all: starting Python and importing torch and diffusers
+#: takes seconds per rank on a loaded machine, and says nothing about a stuck run.
+STARTUP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,11 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
             process = context.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
             process.start()
             workers.append(process)
-        return _supervise(workers, events, spec.stall_timeout_s, on_event)
+        result = _supervise(workers, events, spec.stall_timeout_s, on_event)
+        # Success: every rank is past its work; let them exit on their own before anything is stopped.
+        for worker in workers:
+            worker.join(timeout=WORKER_EXIT_WAIT_S)
+        return result
     finally:
         _stop_workers(workers)
         _restore_signal_handlers(previous_handlers)
@@ -74,12 +83,14 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
 
 def _supervise(workers, events, stall_timeout_s: float, on_event):
     last_event_at = {rank: time.monotonic() for rank in range(len(workers))}
+    started = False
     while True:
         try:
             event = events.get(timeout=0.1)
         except queue_module.Empty:
             event = None
         if event is not None:
+            started = True
             last_event_at[event.rank] = time.monotonic()
             if isinstance(event, WorkerError):
                 raise _root_cause(workers, event)
@@ -88,7 +99,7 @@ def _supervise(workers, events, stall_timeout_s: float, on_event):
             on_event(event)
             continue
         _check_exits(workers, events)
-        _check_stall(last_event_at, stall_timeout_s)
+        _check_stall(last_event_at, stall_timeout_s if started else max(stall_timeout_s, STARTUP_TIMEOUT_S))
 
 
 def _short(message: str, limit: int = 300) -> str:

@@ -76,5 +76,6 @@ def worker_entry(setup: RankSetup, job, queue) -> None:
         queue.close()
         queue.join_thread()  # make sure the error is on the pipe before the process goes
         sys.exit(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # done: being stopped now needs no unwinding
     queue.close()
     queue.join_thread()
