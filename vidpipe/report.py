@@ -11,7 +11,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from vidpipe import __version__
+from vidpipe import __version__, media
+from vidpipe.metrics import RankRecord, summarize
+from vidpipe.strategies.registry import get_strategy
 from vidpipe.strategies.schedule import block_sizes, describe_blocks
 
 #: Logs, progress and tables go to stderr; stdout is kept for results (`--json -`).
@@ -56,6 +58,31 @@ def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> d
     }
 
 
+def run_report(
+    command: str, model: str, strategy_name: str, spec, dtype: str, total_steps: int, seeds: list[int],
+    warmup_samples: int, records: list[RankRecord], **details,
+) -> dict:
+    """What every command's report starts with: the run's conditions, its schedule and the design-§7 figures.
+
+    `spec` is the run's `LaunchSpec`; `details` (shapes, model source, ...) go between the schedule and figures.
+    """
+    strategy = get_strategy(strategy_name)
+    world_size = spec.world_size
+    return {
+        "command": command,
+        "model": model,
+        "strategy": strategy_name,
+        **conditions(spec.device_type, spec.backend, dtype, world_size),
+        "total_steps": total_steps,
+        **step_assignment(strategy_name, total_steps, world_size),
+        "num_samples": len(seeds),
+        "warmup_samples": warmup_samples,
+        "seeds": list(seeds),
+        **details,
+        **summarize(records, lambda step_s, n: strategy.ideal_makespan(step_s, n, total_steps, world_size)),
+    }
+
+
 def write_json(report: dict, path: str | None) -> None:
     """`-` = stdout; otherwise written atomically beside its final name."""
     if path is None:
@@ -67,9 +94,7 @@ def write_json(report: dict, path: str | None) -> None:
         return
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.tmp")
-    temporary.write_text(text + "\n")
-    temporary.replace(target)
+    media.write_json(target, json.loads(text))  # atomic; `text` already turned odd values into strings
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -13,14 +13,13 @@ from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import decode_and_write, redistribute
 from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
-from vidpipe.metrics import mark_memory, summarize, timeline
+from vidpipe.metrics import mark_memory, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource, resolve_model
 from vidpipe.report import (
     assignment_table,
-    conditions,
+    run_report,
     stderr_console,
-    step_assignment,
     summary_table,
     write_json,
 )
@@ -157,31 +156,21 @@ def generate(config: GenerateConfig) -> dict | None:
 
 def _report(config, placement, source, samples, result, size) -> dict:
     spec = placement.spec
-    strategy = get_strategy(config.run.strategy)
     tl = timeline(result["records"])
     rows = {row["index"]: row for row in result["rows"]}
-    report = {
-        "command": "generate",
-        "model": config.model,
-        "model_source": {"kind": source.kind, "path": str(source.path), "name": source.name},
-        "strategy": config.run.strategy,
-        **conditions(spec.device_type, spec.backend, placement.dtype, spec.world_size),
-        "total_steps": config.steps,
-        **step_assignment(config.run.strategy, config.steps, spec.world_size),
-        "num_samples": len(samples),
-        "warmup_samples": config.warmup_samples,
-        "seeds": [s.seed for s in samples],
-        "frames": size[0], "height": size[1], "width": size[2],
-        **summarize(result["records"], lambda step_s, n: strategy.ideal_makespan(
-            step_s, n, config.steps, spec.world_size)),
-        "samples": [
-            {"index": s.index, "seed": s.seed, "image": config.images[s.index // config.samples],
-             "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
-             "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
-             "decoded_on_rank": rows[s.index]["rank"]}
-            for s in samples
-        ],
-    }
+    report = run_report(
+        "generate", config.model, config.run.strategy, spec, placement.dtype, config.steps,
+        [s.seed for s in samples], config.warmup_samples, result["records"],
+        model_source={"kind": source.kind, "path": str(source.path), "name": source.name},
+        frames=size[0], height=size[1], width=size[2],
+    )
+    report["samples"] = [
+        {"index": s.index, "seed": s.seed, "image": config.images[s.index // config.samples],
+         "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
+         "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
+         "decoded_on_rank": rows[s.index]["rank"]}
+        for s in samples
+    ]
     stderr_console.print(assignment_table(report))
     stderr_console.print(summary_table(report))
     stderr_console.print(files_table(report))

@@ -10,16 +10,15 @@ from vidpipe.config import SimulateConfig
 from vidpipe.errors import VidpipeError
 from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
-from vidpipe.metrics import summarize, timeline
+from vidpipe.metrics import timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.dummy import DummyModel, DummyParams
 from vidpipe.report import (
     assignment_table,
-    conditions,
+    run_report,
     sample_rows,
     samples_table,
     stderr_console,
-    step_assignment,
     summary_table,
     write_json,
 )
@@ -101,22 +100,11 @@ def simulate(config: SimulateConfig) -> dict | None:
     if result is None:
         return None
     spec = placement.spec
-    strategy = get_strategy(config.run.strategy)
-    report = {
-        "command": "simulate",
-        "model": "dummy",
-        "strategy": config.run.strategy,
-        **conditions(spec.device_type, spec.backend, placement.dtype, spec.world_size),
-        "total_steps": config.steps,
-        **step_assignment(config.run.strategy, config.steps, spec.world_size),
-        "num_samples": config.samples,
-        "warmup_samples": config.warmup_samples,
-        "seeds": [config.seed + i for i in range(config.samples)],
-        "latent_shape": list(config.latent_shape),
-        "step_ms": config.step_ms,
-        **summarize(result["records"], lambda step_s, n: strategy.ideal_makespan(
-            step_s, n, config.steps, spec.world_size)),
-    }
+    report = run_report(
+        "simulate", "dummy", config.run.strategy, spec, placement.dtype, config.steps,
+        [config.seed + i for i in range(config.samples)], config.warmup_samples, result["records"],
+        latent_shape=list(config.latent_shape), step_ms=config.step_ms,
+    )
     tl = timeline(result["records"])
     report["samples"] = sample_rows(tl.latency_s, tl.completion_s, {i: config.seed + i for i in tl.latency_s})
     report.update(verify(config, placement.dtype, spec.device_type, result["finals"]))
