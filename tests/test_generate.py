@@ -73,11 +73,12 @@ def test_two_ranks_write_every_format(tmp_path, cache, photo):
 
 
 def test_strategies_equal_one_rank_and_diffusers(tmp_path, cache, photo):
-    """CPU fp32, same thread count per rank: pp and dp on 2 ranks give the 1-rank latents bit for bit, and
-    1 rank gives diffusers' StableVideoDiffusionPipeline latents within 1e-4."""
+    """CPU fp32, same thread count per rank: pp and dp on 2 ranks give the 1-rank latents bit for bit, fsdp
+    (the UNet sharded over 2 ranks) within 1e-4, and 1 rank gives diffusers' pipeline latents within 1e-4."""
     latents = {}
     for name, args in {"one": ["--gpus", "1"], "pp": ["--gpus", "2", "--strategy", "pp"],
-                       "dp": ["--gpus", "2", "--strategy", "dp"]}.items():
+                       "dp": ["--gpus", "2", "--strategy", "dp"],
+                       "fsdp": ["--gpus", "2", "--strategy", "fsdp"]}.items():
         out = tmp_path / name
         result = generate(str(photo), *COMMON, "--cache-dir", str(cache), "--samples", "2", "--out", str(out),
                           "--format", "gif", "--save-latents", *args, threads=1)
@@ -86,6 +87,9 @@ def test_strategies_equal_one_rank_and_diffusers(tmp_path, cache, photo):
     for i in (0, 1):
         assert torch.equal(latents["pp"][i], latents["one"][i])
         assert torch.equal(latents["dp"][i], latents["one"][i])
+        fsdp_diff = (latents["fsdp"][i] - latents["one"][i]).abs().max().item()
+        print(f"sample {i}: fsdp on 2 ranks vs 1 rank max abs diff = {fsdp_diff:.3g}")
+        assert fsdp_diff <= 1e-4
 
     from diffusers import StableVideoDiffusionPipeline
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vidpipe.errors import UsageError
 
-STRATEGY_NAMES = ("pp", "dp")
+STRATEGY_NAMES = ("pp", "dp", "fsdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 BACKEND_CHOICES = ("auto", "gloo", "nccl")
@@ -152,3 +152,125 @@ class GenerateConfig:
     @property
     def num_samples(self) -> int:
         return len(self.images) * self.samples
+
+
+#: What `bench --compare` accepts: the strategies, and the stock pipeline as the baseline row.
+BASELINE = "diffusers"
+COMPARE_CHOICES = (*STRATEGY_NAMES, BASELINE)
+
+
+def parse_list(flag: str, text: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """'pp, dp' -> ('pp', 'dp'); an empty list or an unknown entry is a usage error naming the flag."""
+    items = tuple(item.strip() for item in text.split(",") if item.strip())
+    if not items:
+        raise UsageError(f"{flag} {text!r}: empty list; give comma-separated values, e.g. {flag} "
+                         f"{','.join(choices[:2]) if choices else '1,2'}")
+    for item in items:
+        if choices is not None:
+            _choice(flag, item, choices)
+    return tuple(dict.fromkeys(items))  # keep order, drop repeats
+
+
+def parse_int_list(flag: str, text: str, minimum: int = 1) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4), each at least `minimum`."""
+    values = []
+    for item in parse_list(flag, text):
+        try:
+            value = int(item)
+        except ValueError:
+            raise UsageError(f"{flag} {text!r}: {item!r} is not a whole number; e.g. {flag} 1,2,4") from None
+        _at_least(flag, value, minimum)
+        values.append(value)
+    return tuple(values)
+
+
+def parse_sizes(flag: str, text: str) -> tuple[tuple[int, int], ...]:
+    """'576x1024,320x576' -> ((576, 1024), (320, 576)): HEIGHTxWIDTH in pixels."""
+    sizes = []
+    for item in parse_list(flag, text):
+        height, sep, width = item.lower().partition("x")
+        if not sep or not height.isdigit() or not width.isdigit() or int(height) < 8 or int(width) < 8:
+            raise UsageError(
+                f"{flag} {item!r}: not HEIGHTxWIDTH in pixels (each at least 8); e.g. {flag} 576x1024,320x576"
+            )
+        sizes.append((int(height), int(width)))
+    return tuple(sizes)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """`vidpipe bench`: the same job under several strategies and rank counts, each run in fresh processes."""
+
+    model: str = "dummy"
+    compare: tuple[str, ...] = ("pp", "dp", "fsdp")
+    gpus: tuple[int, ...] = (1, 2)
+    samples: int = 8
+    warmup_samples: int = 1
+    steps: int | None = None  # None: 28 for the dummy model (simulate's default), 25 for SVD (diffusers')
+    latent_shape: tuple[int, ...] = (1, 4, 14, 40, 72)  # dummy only
+    frames: int | None = None  # SVD models
+    height: int | None = None
+    width: int | None = None
+    step_ms: float = 0.0  # dummy only
+    image: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    stall_timeout_s: float = 300.0
+    offline: bool = False
+    cache_dir: str | None = None
+    json_path: str | None = None
+    csv_path: str | None = None
+    plot_dir: str | None = None
+    verbose: bool = False
+
+    def __post_init__(self):
+        if not self.compare:
+            raise UsageError("--compare: empty list; e.g. --compare pp,dp,fsdp")
+        for name in self.compare:
+            _choice("--compare", name, COMPARE_CHOICES)
+        if not self.gpus:
+            raise UsageError("--gpus: empty list; e.g. --gpus 1,2,4")
+        for count in self.gpus:
+            _at_least("--gpus", count, 1, "vidpipe needs at least one rank")
+        _at_least("--samples", self.samples, 1, "a run needs at least one sample")
+        _at_least("--warmup-samples", self.warmup_samples, 0)
+        if self.steps is not None:
+            _at_least("--steps", self.steps, 1)
+        _at_least("--step-ms", self.step_ms, 0)
+        if self.is_dummy:
+            SimulateConfig(RunOptions(), steps=self.total_steps, samples=self.samples,
+                           latent_shape=self.latent_shape)  # the same shape checks as simulate
+            if BASELINE in self.compare:
+                raise UsageError(
+                    "--compare diffusers: the stock-pipeline baseline needs an SVD model (--model tiny, "
+                    "svd-xt-random, a hub id or a folder); the dummy model has no pipeline"
+                )
+            if any(v is not None for v in (self.frames, self.height, self.width, self.image)):
+                raise UsageError("--frames/--height/--width/--image are for SVD models; the dummy model takes "
+                                 "--latent-shape B C F H W")
+        for flag, value in (("--frames", self.frames), ("--height", self.height), ("--width", self.width)):
+            if value is not None:
+                _at_least(flag, value, 1 if flag == "--frames" else 8)
+        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # same checks
+        for flag, path in (("--json", self.json_path), ("--csv", self.csv_path)):
+            if path not in (None, "-") and Path(path).is_dir():
+                raise UsageError(f"{flag} {path}: is a directory; give a file path")
+        if self.plot_dir is not None and Path(self.plot_dir).exists() and not Path(self.plot_dir).is_dir():
+            raise UsageError(f"--plot {self.plot_dir}: exists and is not a directory; give a folder for the PNGs")
+
+    @property
+    def is_dummy(self) -> bool:
+        return self.model == "dummy"
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps if self.steps is not None else (28 if self.is_dummy else 25)
+
+    @property
+    def strategies(self) -> tuple[str, ...]:
+        return tuple(name for name in self.compare if name != BASELINE)
+
+    def run_options(self, strategy: str, gpus: int) -> RunOptions:
+        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, self.verbose)

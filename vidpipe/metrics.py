@@ -35,6 +35,8 @@ class RankRecord:
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes
     memory_kind: str = "cpu_peak_rss"
     threads: int = 1
+    unet_param_bytes: int = 0  # the denoiser's parameters held by this rank (its shards under fsdp)
+    comm_measured: bool = True  # False where communication overlaps compute unseen (fsdp's all-gathers)
 
 
 class StepRecorder:
@@ -107,6 +109,14 @@ def mark_memory(device: torch.device, record: RankRecord, phase: str) -> None:
         record.peak_memory_bytes[phase] = peak_rss_bytes()
 
 
+def param_bytes(module: torch.nn.Module | None) -> int:
+    """Bytes of parameters this rank holds of `module`: only its own shards when the module is sharded."""
+    if module is None:
+        return 0
+    local = (p.to_local() if hasattr(p, "to_local") else p for p in module.parameters())
+    return sum(t.numel() * t.element_size() for t in local)
+
+
 def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
@@ -169,7 +179,8 @@ def summarize(
         "ideal_makespan_s": ideal,
         "efficiency": ideal / makespan if makespan > 0 else None,
         "rank_busy_fraction": [b / makespan if makespan > 0 else None for b in tl.busy_s],
-        "comm_s_per_rank": [r.comm_s for r in records],
+        "comm_s_per_rank": [r.comm_s if r.comm_measured else None for r in records],
+        "unet_param_bytes_per_rank": [r.unet_param_bytes for r in records],
         "peak_memory_gb_per_rank": [
             round(max(r.peak_memory_bytes.values(), default=0) / GIB, 4) for r in records
         ],

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from vidpipe import __version__, media
+from vidpipe.config import BASELINE
 from vidpipe.metrics import RankRecord, summarize
 from vidpipe.strategies.registry import get_strategy
 from vidpipe.strategies.schedule import block_sizes, describe_blocks
@@ -34,13 +35,16 @@ def versions() -> dict:
 
 
 def step_assignment(strategy: str, total_steps: int, world_size: int) -> dict:
+    if strategy == BASELINE:
+        return {"steps_per_rank": [total_steps], "step_assignment": "the stock diffusers pipeline, one device"}
     if strategy == "pp":
         sizes = block_sizes(total_steps, world_size)
         return {"steps_per_rank": sizes, "step_assignment": describe_blocks(total_steps, world_size)}
-    return {
-        "steps_per_rank": [total_steps] * world_size,
-        "step_assignment": f"every rank runs all {total_steps} steps of its own samples",
-    }
+    if strategy == "fsdp":
+        how = f"every rank runs all {total_steps} steps of every sample in lockstep, with 1/{world_size} of the UNet"
+    else:
+        how = f"every rank runs all {total_steps} steps of its own samples"
+    return {"steps_per_rank": [total_steps] * world_size, "step_assignment": how}
 
 
 def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> dict:
@@ -66,7 +70,8 @@ def run_report(
 
     `spec` is the run's `LaunchSpec`; `details` (shapes, model source, ...) go between the schedule and figures.
     """
-    strategy = get_strategy(strategy_name)
+    # The baseline (the stock pipeline on one device) is scheduled as data parallel on one rank.
+    strategy = get_strategy("dp" if strategy_name == BASELINE else strategy_name)
     world_size = spec.world_size
     return {
         "command": command,

@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from vidpipe.cli.bench import bench
 from vidpipe.cli.generate import generate
 from vidpipe.cli.simulate import simulate
 from vidpipe.errors import VidpipeError
@@ -37,6 +38,7 @@ def _root(
 
 app.command(no_args_is_help=True)(generate)
 app.command(no_args_is_help=False)(simulate)
+app.command(no_args_is_help=False)(bench)
 
 
 def _error(message: str) -> None:

@@ -11,7 +11,8 @@ Gpus = Annotated[
     typer.Option("--gpus", "-g", help="Ranks: one per GPU (on CPU, one process each). Under torchrun: its ranks."),
 ]
 Strategy = Annotated[
-    str, typer.Option(help="pp = step pipeline (throughput), dp = data parallel (whole samples per rank).")
+    str, typer.Option(help="pp = step pipeline (throughput), dp = data parallel (whole samples per rank), "
+                          "fsdp = UNet sharded over ranks (memory).")
 ]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda. auto = cuda when a GPU is visible.")]
 Dtype = Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16. auto = fp16 on CUDA, fp32 on CPU.")]

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import torch.distributed as dist
 
-from vidpipe.metrics import RankRecord, StepRecorder
+from vidpipe.metrics import RankRecord, StepRecorder, param_bytes
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
@@ -29,11 +29,13 @@ def run_diffusion(
     events: EventSink,
 ) -> tuple[dict, RankRecord]:
     """Returns this rank's final latents {index: CPU tensor} and its measured record."""
+    strategy.prepare(ctx, model)
     if warmup > 0:
         events.emit(PhaseStarted(ctx.rank, phase="warmup"))
         strategy.run(ctx, model, warmup_samples(samples, warmup), StepRecorder(ctx.device, events, ctx.rank))
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
     recorder = StepRecorder(ctx.device, events, ctx.rank)
+    recorder.record.unet_param_bytes = param_bytes(model.unet)
     recorder.mark_memory("load")
     ctx.barrier()
     events.emit(PhaseStarted(ctx.rank, phase="diffuse"))

@@ -58,7 +58,8 @@ class GenerateJob:
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         strategy = get_strategy(self.config.run.strategy)
         model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], svd_params(self.config),
-                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size))
+                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
+                              stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
         samples = list(self.samples)
         finals, record = run_diffusion(ctx, model, strategy, samples, self.config.warmup_samples, events)
 

@@ -26,6 +26,7 @@ from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.strategies.registry import get_strategy
+from vidpipe.verify import compare_finals
 
 #: Ranks when --gpus is not given (and not under torchrun): enough to show a pipeline.
 DEFAULT_GPUS = 2
@@ -68,32 +69,17 @@ def verify(config: SimulateConfig, dtype: str, device_type: str, finals: dict[in
 
     Bit-identical is required on CPU in fp32; elsewhere (GPU kernels, half precision) a small tolerance.
     """
-    exact = device_type == "cpu" and dtype == "fp32"
     reference_model = DummyModel(dummy_params(config, step_ms=0.0), torch.device("cpu"), DTYPES[dtype])
-    max_abs_diff = 0.0
-    mismatched = []
-    for sample in samples_of(config):
-        expected = reference_model.denoise(reference_model.encode(sample), range(config.steps))
-        got = finals.get(sample.index)
-        if got is None:
-            mismatched.append(sample.index)
-            continue
-        got = got.to(expected.dtype)
-        diff = (got.float() - expected.float()).abs().max().item()
-        max_abs_diff = max(max_abs_diff, diff)
-        ok = torch.equal(got, expected) if exact else torch.allclose(got.float(), expected.float(), 2e-2, 2e-2)
-        if not ok:
-            mismatched.append(sample.index)
-    return {
-        "verified": not mismatched,
-        "verify_mode": "bit-identical" if exact else "allclose(rtol=2e-2, atol=2e-2)",
-        "verify_max_abs_diff": max_abs_diff,
-        "mismatched_samples": mismatched,
+    expected = {
+        sample.index: reference_model.denoise(reference_model.encode(sample), range(config.steps))
+        for sample in samples_of(config)
     }
+    exact = device_type == "cpu" and dtype == "fp32"
+    return compare_finals(finals, expected, "bit-identical" if exact else "half")
 
 
-def simulate(config: SimulateConfig) -> dict | None:
-    """Run `vidpipe simulate`: returns the report (None on torchrun ranks other than 0)."""
+def run_simulation(config: SimulateConfig) -> dict | None:
+    """Launch the ranks, measure, verify: the report (None on torchrun ranks other than 0). Prints nothing."""
     placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
     job = SimulateJob(config, placement.dtype)
     result = run_with_display(job, placement, config.samples, config.run.verbose)
@@ -108,6 +94,14 @@ def simulate(config: SimulateConfig) -> dict | None:
     tl = timeline(result["records"])
     report["samples"] = sample_rows(tl.latency_s, tl.completion_s, {i: config.seed + i for i in tl.latency_s})
     report.update(verify(config, placement.dtype, spec.device_type, result["finals"]))
+    return report
+
+
+def simulate(config: SimulateConfig) -> dict | None:
+    """Run `vidpipe simulate`: returns the report (None on torchrun ranks other than 0)."""
+    report = run_simulation(config)
+    if report is None:
+        return None
     for table in (assignment_table(report), samples_table(report), summary_table(report)):
         stderr_console.print(table)
     write_json(report, config.json_path)

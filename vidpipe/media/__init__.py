@@ -1,7 +1,7 @@
 """Media in and out: the input image, the output folder and names, and atomic writers for every format."""
 
 from vidpipe.media.atomic import remove_temporaries
-from vidpipe.media.images import load_image
+from vidpipe.media.images import load_image, test_card
 from vidpipe.media.outputs import (
     FORMATS,
     check_output_dir,
@@ -29,6 +29,7 @@ __all__ = [
     "existing_outputs",
     "is_complete",
     "load_image",
+    "test_card",
     "output_paths",
     "parse_formats",
     "png_frame_name",

@@ -74,3 +74,15 @@ def _too_many_pixels_message(path: Path, exc: Exception) -> str:
         f"input image {path} has {pixels}, over the {Image.MAX_IMAGE_PIXELS:,}-pixel limit "
         "(a possible decompression bomb): downscale it first"
     )
+
+
+def test_card(width: int, height: int) -> Image.Image:
+    """A fixed synthetic input (colour gradients and a disc) for benchmarks run without an image of their own."""
+    import numpy as np
+
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    red = 255 * x / max(width - 1, 1)
+    green = 255 * y / max(height - 1, 1)
+    disc = ((x - width / 2) ** 2 + (y - height / 2) ** 2) < (min(width, height) / 4) ** 2
+    blue = np.where(disc, 230.0, 40.0)
+    return Image.fromarray(np.stack([red, green, blue], axis=-1).astype(np.uint8), "RGB")

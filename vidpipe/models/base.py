@@ -42,7 +42,9 @@ class DiffusionModel(Protocol):
     """What a strategy needs from a model, on one device."""
 
     device: torch.device
+    dtype: torch.dtype
     num_steps: int
+    unet: torch.nn.Module | None  # the denoiser, for strategies that wrap it (fsdp shards it); None once released
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """Shapes and dtypes of the tensors `encode` returns, in a fixed order."""

@@ -38,6 +38,22 @@ class DummyParams:
     max_guidance: float = 3.0
 
 
+#: Parameter-bearing blocks of the stand-in UNet (sharded one by one under fsdp).
+DUMMY_BLOCKS = 4
+
+
+class _ChannelScale(torch.nn.Module):
+    """out = x * w[c]: elementwise, so bit-identical whatever the thread count."""
+
+    def __init__(self, channels: int, k: int, dtype: torch.dtype, device):
+        super().__init__()
+        weight = 1.0 + 0.01 * (k + 1) * torch.linspace(-1.0, 1.0, channels)
+        self.weight = torch.nn.Parameter(weight.to(device, dtype), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight.view(1, 1, -1, 1, 1)
+
+
 class DummyUNet(torch.nn.Module):
     """Same call signature and output shape as `UNetSpatioTemporalConditionModel`; no weights.
 
@@ -47,9 +63,14 @@ class DummyUNet(torch.nn.Module):
     waited for: contention still shows.
     """
 
-    def __init__(self, latent_channels: int, step_ms: float):
+    def __init__(self, latent_channels: int, step_ms: float, dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         self.latent_channels = latent_channels
+        # A few parameter-bearing blocks, so `fsdp` has something to shard. The same fixed values on every rank
+        # (no random init to agree on); a per-channel scale close to 1.
+        self.blocks = torch.nn.ModuleList(
+            _ChannelScale(latent_channels, k, dtype, device) for k in range(DUMMY_BLOCKS)
+        )
         self.step_ms = step_ms
         self.block_started = 0.0
         self.calls_in_block = 0
@@ -65,6 +86,8 @@ class DummyUNet(torch.nn.Module):
         cond = encoder_hidden_states.mean(dim=(1, 2)) + added_time_ids[:, 1] / 255.0
         scale = (0.1 * (torch.sigmoid(timestep) + cond)).view(-1, 1, 1, 1, 1)
         out = noisy.add(image, alpha=0.5).mul_(scale)
+        for block in self.blocks:
+            out = block(out)
         if self.step_ms > 0:
             self.calls_in_block += 1
             kernel_done = self.block_started + self.calls_in_block * self.step_ms / 1000.0
@@ -83,7 +106,7 @@ class DummyModel:
         batch, channels, frames, height, width = params.latent_shape
         self.latents_shape = (batch, frames, channels, height, width)  # SVD's layout: frames before channels
         self.scheduler = fresh_scheduler(svd_scheduler_config(), self.num_steps, device)
-        self.unet = DummyUNet(channels, params.step_ms)
+        self.unet = DummyUNet(channels, params.step_ms, dtype, device)
 
     def state_spec(self) -> dict[str, TensorSpec]:
         batch, _frames, channels, height, width = self.latents_shape
@@ -107,6 +130,7 @@ class DummyModel:
         state["latents"] = noise * self.scheduler.init_noise_sigma
         return state
 
+    @torch.no_grad()
     def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
         guidance = (self.params.min_guidance, self.params.max_guidance)
         self.unet.start_block()

@@ -94,7 +94,7 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
 
 
 def random_components(
-    config_dir: Path, device: torch.device, dtype: torch.dtype, encoders: bool = True
+    config_dir: Path, device: torch.device, dtype: torch.dtype, encoders: bool = True, unet_device=None
 ) -> dict[str, object]:
     """Pipeline components with random weights from a config directory, identical on every call.
 
@@ -103,9 +103,11 @@ def random_components(
     """
     unet_config = UNetSpatioTemporalConditionModel.load_config(config_dir / "unet")
     vae_config = AutoencoderKLTemporalDecoder.load_config(config_dir / "vae")
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    unet_device = torch.device(unet_device or device)
+    with torch.random.fork_rng(devices=[]), unet_device:
         torch.manual_seed(0)
         unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(0)
         vae = AutoencoderKLTemporalDecoder.from_config(vae_config)
         image_encoder = None
@@ -114,7 +116,7 @@ def random_components(
             encoder_config = CLIPVisionConfig.from_pretrained(config_dir / "image_encoder")
             image_encoder = CLIPVisionModelWithProjection(encoder_config)
     return {
-        "unet": _place(unet, device, dtype),
+        "unet": _place(unet, unet_device, dtype),
         "vae": _place(vae, device, dtype),
         "image_encoder": _place(image_encoder, device, dtype) if image_encoder is not None else None,
         "scheduler": EulerDiscreteScheduler.from_pretrained(config_dir / "scheduler"),
@@ -184,10 +186,12 @@ class SVDModel:
         dtype: torch.dtype | None,
         params: SVDParams,
         encoders: bool = True,
+        stage_unet_on_cpu: bool = False,
     ) -> SVDModel:
         """Load (kind "dir") or build (kind "random") on `device`; dtype None: fp16 on CUDA, fp32 on CPU.
 
         `encoders=False` skips the CLIP image encoder, for ranks that never call `encode`.
+        `stage_unet_on_cpu` leaves the UNet on the CPU, for a strategy that moves it to the device in shards.
         """
         device = torch.device(device)
         if device.type == "cuda" and device.index is None:
@@ -198,15 +202,22 @@ class SVDModel:
         size = (params.frames or frames, params.height or height, params.width or width)
         check_size(source, *size)
         if source.kind == "random":
-            components = random_components(source.path, device, dtype, encoders)
+            unet_device = torch.device("cpu") if stage_unet_on_cpu else device
+            components = random_components(source.path, device, dtype, encoders, unet_device)
         else:
             components = load_components(source.path, dtype, encoders)
         for module in (components["unet"], components["vae"], components["image_encoder"]):
             if module is not None:
-                module.to(device).eval().requires_grad_(False)
+                module.eval().requires_grad_(False)
+                if not (module is components["unet"] and stage_unet_on_cpu):
+                    module.to(device)
         pipeline = StableVideoDiffusionPipeline(**components)
         pipeline.set_progress_bar_config(disable=True)
         return cls(pipeline, device, dtype, params, size)
+
+    @property
+    def unet(self) -> torch.nn.Module | None:
+        return self.pipeline.unet
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """Shapes and dtypes of what `encode` returns, in a fixed order (the conditioning is compact)."""

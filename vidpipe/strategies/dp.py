@@ -10,6 +10,13 @@ from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.runtime.dist import DistContext
 
+#: The denoiser is loaded straight onto the rank's device (each rank holds a whole copy).
+STAGE_DENOISER_ON_CPU = False
+
+
+def prepare(ctx: DistContext, model: DiffusionModel) -> None:
+    """Nothing to do: every rank holds the whole model as loaded."""
+
 
 def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
     """Phase 1 on this rank: samples at positions rank, rank + W, ... Returns {index: final latents on CPU}."""

@@ -21,6 +21,14 @@ from vidpipe.strategies.schedule import block_sizes, steps_for_rank
 MAX_SENDS_IN_FLIGHT = 2
 
 
+#: The denoiser is loaded straight onto the rank's device (each rank holds a whole copy).
+STAGE_DENOISER_ON_CPU = False
+
+
+def prepare(ctx: DistContext, model: DiffusionModel) -> None:
+    """Nothing to do: every rank holds the whole model as loaded."""
+
+
 def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
     """Phase 1 on this rank. Returns {sample index: final latents on CPU} on the last rank, {} elsewhere."""
     block = steps_for_rank(model.num_steps, ctx.world_size, ctx.rank)

@@ -1,0 +1,108 @@
+"""`bench` results as a rich table and a CSV file (one row per run). Figures as defined in design §7."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+from vidpipe.media.atomic import atomic_output
+
+#: CSV columns, in order; lists (per-rank figures) are written space-separated.
+CSV_COLUMNS = (
+    "strategy", "world_size", "status", "reason", "verified", "verify_max_abs_diff", "first_sample_time_s",
+    "latency_mean_s", "latency_p50_s", "latency_max_s", "steady_interval_s", "throughput_samples_per_s",
+    "time_per_sample_s", "makespan_s", "speedup", "scaling_efficiency", "speedup_vs_baseline", "efficiency",
+    "peak_memory_gb_per_rank", "peak_memory_kind", "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
+    "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples",
+)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(_cell(v) for v in value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_csv(runs: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for run in runs:
+        writer.writerow([_cell(run.get(column)) for column in CSV_COLUMNS])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as temp:
+        temp.write_text(buffer.getvalue(), encoding="utf-8")
+
+
+def _num(value, digits: int = 3, suffix: str = "") -> str:
+    return "-" if value is None else f"{value:.{digits}f}{suffix}"
+
+
+def _max(values) -> float | None:
+    present = [v for v in values or [] if v is not None]
+    return max(present) if present else None
+
+
+def bench_table(summary: dict) -> Table:
+    runs = summary["runs"]
+    memory_kind = next((r["peak_memory_kind"] for r in runs if r.get("peak_memory_kind")), "cpu_peak_rss")
+    memory = "RSS GB" if memory_kind == "cpu_peak_rss" else "GPU GB"
+    shape = (f"latent {'x'.join(map(str, summary['latent_shape']))}" if "latent_shape" in summary
+             else f"{summary['frames']} x {summary['height']} x {summary['width']}")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        title=f"bench: {summary['model']}, {shape}, {summary['total_steps']} steps, "
+              f"{summary['num_samples']} samples, {summary['device_type']}",
+        caption="first = pipeline fill; latency = one sample's first step -> last step (mean p50 max); "
+                "interval = between completions; samples/s = N / makespan (s/sample is its inverse, in the JSON/CSV); x1 = speed-up over the same "
+                "strategy on 1 GPU, xbase = over diffusers; scal = x1 / GPUs; eff = ideal / measured makespan; "
+                f"{memory} = peak per rank (max over ranks); comm = max over ranks",
+    )
+    columns = ("strategy", "GPUs", "first s", "latency s", "interval s", "samples/s", "x1", "xbase",
+               "scal", "eff", memory, "comm s", "ok")
+    rows = []
+    for run in runs:
+        if run["status"] != "ok":
+            rows.append((run["strategy"], str(run["world_size"]), run["status"]))
+            continue
+        latency = " ".join(_num(run[k], 2) for k in ("latency_mean_s", "latency_p50_s", "latency_max_s"))
+        rows.append((
+            run["strategy"], str(run["world_size"]), _num(run["first_sample_time_s"], 2), latency,
+            _num(run["steady_interval_s"]), _num(run["throughput_samples_per_s"]),
+            _num(run["speedup"], 2, "x"), _num(run["speedup_vs_baseline"], 2, "x"),
+            _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2),
+            _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2),
+            "yes" if run["verified"] else "NO",
+        ))
+    # NOTE: each column is as wide as its header and widest figure, and `print_bench` prints at that width:
+    # rich would otherwise cut figures short ("23.2…") to fit a narrow terminal.
+    for i, column in enumerate(columns):
+        widest = max([len(column), *(len(row[i]) for row in rows if len(row) == len(columns))])
+        table.add_column(column, justify="left" if column in ("strategy", "ok") else "right", min_width=widest)
+    for row in rows:
+        if len(row) == len(columns):
+            table.add_row(*row, style=None if row[-1] == "yes" else "red")
+        else:  # skipped or failed: the reason is listed under the table
+            table.add_row(*row[:2], f"[yellow]{row[2]}", *[""] * (len(columns) - 3))
+    return table
+
+
+def not_run_lines(summary: dict) -> list[str]:
+    return [f"{r['strategy']} on {r['world_size']}: {r['status']}: {r['reason']}"
+            for r in summary["runs"] if r["status"] != "ok"]
+
+
+def print_bench(console, summary: dict) -> None:
+    """The table at its natural width (a narrow terminal wraps lines rather than cutting figures short)."""
+    table = bench_table(summary)
+    console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
+    for line in not_run_lines(summary):
+        console.print(line, highlight=False)

@@ -1,0 +1,71 @@
+"""`vidpipe bench`: compare strategies and rank counts on the same job, each run in fresh processes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidpipe.cli.options import Backend, Device, Dtype, Seed, StallTimeout, Verbose, WarmupSamples
+from vidpipe.config import COMPARE_CHOICES, BenchConfig, parse_int_list, parse_list
+
+
+def bench(
+    model: Annotated[str, typer.Option(
+        help="dummy (stand-in UNet, any machine), tiny (small random SVD), svd-xt-random (full-size architecture, "
+             "random weights, no download), svd-xt, a hub id or a local diffusers folder.")] = "dummy",
+    compare: Annotated[str, typer.Option(
+        help=f"Comma-separated: {', '.join(COMPARE_CHOICES)}. diffusers = the stock StableVideoDiffusionPipeline "
+             "on one device, the baseline (SVD models only).")] = "pp,dp,fsdp",
+    gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4,7.")] = "1,2",
+    samples: Annotated[int, typer.Option(help="Measured samples per run (after warm-up).")] = 8,
+    warmup_samples: WarmupSamples = 1,
+    steps: Annotated[int | None, typer.Option(
+        help="Denoising steps per sample (default: 28 for dummy, 25 for SVD models).")] = None,
+    latent_shape: Annotated[tuple[int, int, int, int, int] | None, typer.Option(
+        "--latent-shape", help="dummy: latent size B C F H W (default 1 4 14 40 72).")] = None,
+    frames: Annotated[int | None, typer.Option(help="SVD models: frames (default: the model's).")] = None,
+    height: Annotated[int | None, typer.Option(help="SVD models: height in pixels.")] = None,
+    width: Annotated[int | None, typer.Option(help="SVD models: width in pixels.")] = None,
+    step_ms: Annotated[float, typer.Option(
+        "--step-ms", help="dummy: each UNet call takes this long without using the CPU, like a GPU kernel.")] = 0.0,
+    image: Annotated[Path | None, typer.Option(help="SVD models: input image (default: a built-in test card).")] = None,
+    seed: Seed = 0,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    backend: Backend = "auto",
+    offline: Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")] = False,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")] = None,
+    json_path: Annotated[str | None, typer.Option("--json", help="Write all runs' figures here (- = stdout).")] = None,
+    csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per run here.")] = None,
+    plot_dir: Annotated[Path | None, typer.Option(
+        "--plot", help="Write PNG plots here: throughput, latency, scaling efficiency, peak memory vs GPUs.")] = None,
+    stall_timeout: StallTimeout = 300.0,
+    verbose: Verbose = False,
+) -> None:
+    """Measure strategies side by side: latency, throughput, speed-up, scaling efficiency, peak memory.
+
+    Every (strategy, GPU count) runs in fresh processes with warm-up, device sync and the same samples; ratios
+    come from this one bench. Examples:
+
+        vidpipe bench --model dummy --compare pp,dp,fsdp --gpus 1,2,4 --samples 12 --steps 28 --step-ms 20 --plot plots
+
+        vidpipe bench --model tiny --compare diffusers,pp,dp,fsdp --gpus 1,2 --samples 4 --device cpu
+    """
+    from vidpipe.jobs.bench import bench as run_bench
+
+    config = BenchConfig(
+        model=model, compare=parse_list("--compare", compare, COMPARE_CHOICES), gpus=parse_int_list("--gpus", gpus),
+        samples=samples, warmup_samples=warmup_samples, steps=steps,
+        latent_shape=latent_shape or BenchConfig.latent_shape, frames=frames, height=height, width=width,
+        step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,
+        backend=backend, stall_timeout_s=stall_timeout, offline=offline,
+        cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
+        csv_path=str(csv_path) if csv_path else None, plot_dir=str(plot_dir) if plot_dir else None, verbose=verbose,
+    )
+    if latent_shape is not None and not config.is_dummy:
+        from vidpipe.errors import UsageError
+
+        raise UsageError("--latent-shape is for the dummy model; SVD models take --frames/--height/--width")
+    run_bench(config)

@@ -1,0 +1,190 @@
+"""`bench`: the same job under every (strategy, rank count) asked for, each in fresh processes, then the ratios
+between runs (design §7), a table, JSON, CSV and plots. A run that fails is reported and the bench goes on;
+results are written after every run, so a stopped bench keeps what it measured."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from vidpipe.config import BASELINE, BenchConfig, SimulateConfig
+from vidpipe.errors import Interrupted, UsageError, VidpipeError
+from vidpipe.jobs.run import place, run_with_display
+from vidpipe.models.base import Sample
+from vidpipe.report import run_report, stderr_console, write_json
+from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
+from vidpipe.runtime.launch import under_torchrun
+from vidpipe.verify import compare_finals
+
+
+def plan_runs(config: BenchConfig) -> list[tuple[str, int]]:
+    """The baseline first (one device), then each strategy on each rank count, fewest ranks first: the 1-rank
+    run of a strategy is the one its speed-up is measured against."""
+    runs = [(BASELINE, 1)] if BASELINE in config.compare else []
+    runs += [(strategy, gpus) for strategy in config.strategies for gpus in sorted(config.gpus)]
+    return runs
+
+
+def skip_reason(config: BenchConfig, strategy: str, gpus: int, device_type: str) -> str | None:
+    if device_type == "cuda" and gpus > cuda_device_count():
+        return f"{gpus} ranks need {gpus} GPUs; this machine has {cuda_device_count()}"
+    if strategy == "pp" and config.total_steps < gpus:
+        return f"the step pipeline needs at least one step per rank ({config.total_steps} steps < {gpus} ranks)"
+    return None
+
+
+class SvdBench:
+    """Runs for an SVD model: the input and sample plan shared by every run, the reference latents kept."""
+
+    def __init__(self, config: BenchConfig):
+        from vidpipe.models.registry import resolve_model
+        from vidpipe.models.svd import SVDParams, check_size, default_size
+
+        self.config = config
+        self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
+        check_size(self.source, config.frames, config.height, config.width)
+        frames, height, width = default_size(self.source)
+        self.size = (config.frames or frames, config.height or height, config.width or width)
+        self.params = SVDParams(steps=config.total_steps, frames=self.size[0], height=self.size[1],
+                                width=self.size[2])
+        image = _input_image(config.image, self.size[1], self.size[2])
+        name = Path(config.image).stem if config.image else "test-card"
+        self.samples = tuple(Sample(i, config.seed + i, image, name) for i in range(config.samples))
+        self.reference: tuple[str, dict] | None = None  # (run name, finals)
+
+    def shape(self) -> dict:
+        return {"frames": self.size[0], "height": self.size[1], "width": self.size[2]}
+
+    def measure(self, strategy: str, gpus: int) -> dict:
+        from vidpipe.jobs.diffuse_only import DiffuseJob, DiffusersBaselineJob
+
+        config = self.config
+        run = config.run_options("dp" if strategy == BASELINE else strategy, gpus)
+        placement = place(run, config.total_steps, default_gpus=gpus)
+        if strategy == BASELINE:
+            job = DiffusersBaselineJob(self.source, self.params, placement.dtype, self.samples, config.warmup_samples)
+        else:
+            job = DiffuseJob(self.source, self.params, strategy, placement.dtype, self.samples, config.warmup_samples)
+        result = run_with_display(job, placement, len(self.samples), config.verbose)
+        report = run_report(
+            "bench", config.model, strategy, placement.spec, placement.dtype, config.total_steps,
+            [s.seed for s in self.samples], config.warmup_samples, result["records"], **self.shape(),
+        )
+        report.update(self._verify(f"{strategy} x{gpus}", result["finals"], placement))
+        return report
+
+    def _verify(self, name: str, finals: dict, placement) -> dict:
+        """Against the first successful run (the baseline, or the 1-rank run): fp32 on CPU within 1e-4."""
+        if self.reference is None:
+            self.reference = (name, finals)
+            return {"verified": True, "verify_mode": "reference run", "verify_max_abs_diff": 0.0,
+                    "verified_against": name, "mismatched_samples": []}
+        exact = placement.spec.device_type == "cpu" and placement.dtype == "fp32"
+        checked = compare_finals(finals, self.reference[1], "fp32" if exact else "half")
+        return {**checked, "verified_against": self.reference[0]}
+
+
+class DummyBench:
+    """Runs for the dummy model: `simulate`'s measured run, each verified bit for bit against 1 rank."""
+
+    def __init__(self, config: BenchConfig):
+        self.config = config
+
+    def shape(self) -> dict:
+        return {"latent_shape": list(self.config.latent_shape), "step_ms": self.config.step_ms}
+
+    def measure(self, strategy: str, gpus: int) -> dict:
+        from vidpipe.jobs.simulate import run_simulation
+
+        c = self.config
+        report = run_simulation(SimulateConfig(
+            c.run_options(strategy, gpus), c.total_steps, c.samples, c.warmup_samples, c.latent_shape, c.step_ms,
+            c.seed,
+        ))
+        report["command"] = "bench"
+        report["verified_against"] = "1-rank recomputation"
+        return report
+
+
+def _input_image(path: str | None, height: int, width: int):
+    from vidpipe import media
+
+    return media.load_image(Path(path)) if path else media.test_card(width, height)
+
+
+def add_ratios(runs: list[dict]) -> None:
+    """Speed-up over the same strategy on 1 rank and over the baseline, and scaling efficiency (speed-up / W).
+    All from throughput = samples / makespan, measured in this bench's own runs."""
+    done = [r for r in runs if r["status"] == "ok"]
+    baseline = next((r for r in done if r["strategy"] == BASELINE), None)
+    for run in done:
+        one = next((r for r in done if r["strategy"] == run["strategy"] and r["world_size"] == 1), None)
+        throughput = run["throughput_samples_per_s"]
+        run["time_per_sample_s"] = run["makespan_s"] / run["num_samples"] if run["num_samples"] else None
+        run["speedup"] = throughput / one["throughput_samples_per_s"] if one and throughput else None
+        run["scaling_efficiency"] = run["speedup"] / run["world_size"] if run["speedup"] else None
+        run["speedup_vs_baseline"] = (
+            throughput / baseline["throughput_samples_per_s"] if baseline and throughput else None
+        )
+
+
+def bench(config: BenchConfig) -> dict:
+    """Run `vidpipe bench`; returns {"runs": [...], ...} as written to --json."""
+    from vidpipe.bench_output import print_bench
+    from vidpipe.plots import bench_plots
+
+    if under_torchrun():
+        raise UsageError("bench starts fresh processes for every run: run it directly, not under torchrun")
+    device_type = resolve_device_type(config.device, 1)
+    runner = DummyBench(config) if config.is_dummy else SvdBench(config)
+    plan = plan_runs(config)
+    summary = {
+        "command": "bench", "model": config.model, "compare": list(config.compare), "gpus": list(config.gpus),
+        "total_steps": config.total_steps, "num_samples": config.samples,
+        "warmup_samples": config.warmup_samples, "device_type": device_type, **runner.shape(), "runs": [],
+    }
+    runs = summary["runs"]
+    for number, (strategy, gpus) in enumerate(plan, start=1):
+        label = f"[{number}/{len(plan)}] {strategy} on {gpus} rank{'s' if gpus > 1 else ''}"
+        reason = skip_reason(config, strategy, gpus, device_type)
+        if reason:
+            stderr_console.print(f"{label}: skipped: {reason}")
+            runs.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
+            continue
+        stderr_console.print(f"{label}: starting fresh processes")
+        try:
+            report = runner.measure(strategy, gpus)
+            report.update(status="ok", reason=None)
+            report.pop("samples", None)
+        except Interrupted:
+            raise
+        except VidpipeError as error:  # a failed run is a result too: report it and go on
+            stderr_console.print(f"{label}: failed: {error}")
+            report = {"strategy": strategy, "world_size": gpus, "status": "failed", "reason": str(error)}
+        runs.append(report)
+        add_ratios(runs)
+        if report["status"] == "ok":
+            stderr_console.print(
+                f"{label}: {report['throughput_samples_per_s']:.3f} samples/s, verified {report['verified']}"
+            )
+        _write_outputs(summary, config)  # after every run: a stopped bench keeps what it measured
+
+    print_bench(stderr_console, summary)
+    if config.plot_dir:
+        for path in bench_plots(summary, Path(config.plot_dir)):
+            stderr_console.print(f"plot: {path}")
+    if config.json_path == "-":
+        write_json(summary, "-")
+    bad = [f"{r['strategy']} x{r['world_size']}" for r in runs
+           if r["status"] == "failed" or (r["status"] == "ok" and not r["verified"])]
+    if bad:
+        raise VidpipeError(f"{len(bad)} run(s) failed or did not verify ({', '.join(bad)}): see the table above")
+    return summary
+
+
+def _write_outputs(summary: dict, config: BenchConfig) -> None:
+    from vidpipe.bench_output import write_csv
+
+    if config.json_path not in (None, "-"):
+        write_json(summary, config.json_path)
+    if config.csv_path:
+        write_csv(summary["runs"], Path(config.csv_path))

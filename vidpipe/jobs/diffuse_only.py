@@ -1,0 +1,93 @@
+"""Phase 1 alone with a real SVD model, for measuring (`bench`): a vidpipe strategy, or the stock diffusers
+pipeline as the baseline. Both time every step the same way, so their figures compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vidpipe.jobs.diffusion import gather_to_first, run_diffusion, warmup_samples
+from vidpipe.metrics import StepRecorder, param_bytes
+from vidpipe.models.base import Sample
+from vidpipe.models.registry import ModelSource
+from vidpipe.runtime.devices import DTYPES
+from vidpipe.runtime.dist import DistContext
+from vidpipe.runtime.events import EventSink, PhaseStarted
+from vidpipe.strategies.registry import get_strategy
+
+
+@dataclass(frozen=True)
+class DiffuseJob:
+    """Diffuse `samples` with `strategy`; rank 0 returns every rank's record and all final latents."""
+
+    source: ModelSource
+    params: object  # SVDParams
+    strategy: str
+    dtype: str
+    samples: tuple[Sample, ...]
+    warmup: int
+
+    def run(self, ctx: DistContext, events: EventSink):
+        from vidpipe.models.svd import SVDModel
+
+        events.emit(PhaseStarted(ctx.rank, phase="load"))
+        strategy = get_strategy(self.strategy)
+        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], self.params,
+                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
+                              stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+        finals, record = run_diffusion(ctx, model, strategy, list(self.samples), self.warmup, events)
+        gathered = gather_to_first(ctx, (record, finals))
+        if not ctx.is_first:
+            return None
+        return {"records": [r for r, _ in gathered], "finals": {i: x for _, f in gathered for i, x in f.items()}}
+
+
+@dataclass(frozen=True)
+class DiffusersBaselineJob:
+    """The stock `StableVideoDiffusionPipeline.__call__` on one device, latents out (no decode): equal work to
+    vidpipe's phase 1. Steps are timed through the pipeline's own `callback_on_step_end`."""
+
+    source: ModelSource
+    params: object  # SVDParams
+    dtype: str
+    samples: tuple[Sample, ...]
+    warmup: int
+
+    def run(self, ctx: DistContext, events: EventSink):
+        from vidpipe.models.svd import SVDModel
+
+        events.emit(PhaseStarted(ctx.rank, phase="load"))
+        # The adapter's loader builds exactly the stock pipeline object; only its __call__ is used below.
+        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], self.params)
+        samples = list(self.samples)
+        if self.warmup > 0:
+            events.emit(PhaseStarted(ctx.rank, phase="warmup"))
+            for sample in warmup_samples(samples, self.warmup):
+                self._generate(model, sample, StepRecorder(ctx.device, events, ctx.rank))
+        recorder = StepRecorder(ctx.device, events, ctx.rank)
+        recorder.record.unet_param_bytes = param_bytes(model.unet)
+        recorder.mark_memory("load")
+        events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
+        recorder.start_clock()
+        finals = {sample.index: self._generate(model, sample, recorder) for sample in samples}
+        recorder.mark_memory("diffuse")
+        return {"records": [recorder.record], "finals": finals}
+
+    def _generate(self, model, sample: Sample, recorder: StepRecorder) -> torch.Tensor:
+        p = model.params
+        on_step = recorder.on_step_for(sample, range(p.steps))
+
+        def step_end(_pipe, step, _timestep, tensors):
+            on_step(step)
+            return tensors
+
+        latents = model.pipeline(
+            sample.image, height=model.height, width=model.width, num_frames=model.num_frames,
+            num_inference_steps=p.steps, fps=p.fps, motion_bucket_id=p.motion_bucket_id,
+            noise_aug_strength=p.noise_aug_strength, min_guidance_scale=p.min_guidance,
+            max_guidance_scale=p.max_guidance, generator=torch.Generator("cpu").manual_seed(sample.seed),
+            output_type="latent", callback_on_step_end=step_end,
+        ).frames
+        recorder.sample_done(sample)
+        return latents.to("cpu")
