@@ -17,7 +17,7 @@ CSV_COLUMNS = (
     "latency_mean_s", "latency_p50_s", "latency_max_s", "steady_interval_s", "throughput_samples_per_s",
     "time_per_sample_s", "makespan_s", "speedup", "scaling_efficiency", "speedup_vs_baseline", "efficiency",
     "peak_memory_gb_per_rank", "peak_memory_kind", "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
-    "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples",
+    "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples", "repeats", "throughput_per_repeat",
 )
 
 
@@ -62,8 +62,9 @@ def bench_table(summary: dict) -> Table:
         title=f"bench: {summary['model']}, {shape}, {summary['total_steps']} steps, "
               f"{summary['num_samples']} samples, {summary['device_type']}",
         caption="first = pipeline fill; latency = one sample's first step -> last step (mean p50 max); "
-                "interval = between completions; samples/s = N / makespan (s/sample is its inverse, in the JSON/CSV); x1 = speed-up over the same "
-                "strategy on 1 GPU, xbase = over diffusers; scal = x1 / GPUs; eff = ideal / measured makespan; "
+                "interval = between completions; samples/s = N / makespan (s/sample, its inverse, is in the "
+                "JSON/CSV); x1 = speed-up over the same strategy on 1 GPU, xbase = over diffusers; "
+                "scal = x1 / GPUs; eff = ideal / measured makespan; "
                 f"{memory} = peak per rank (max over ranks); comm = max over ranks",
     )
     columns = ("strategy", "GPUs", "first s", "latency s", "interval s", "samples/s", "x1", "xbase",

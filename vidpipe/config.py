@@ -206,6 +206,7 @@ class BenchConfig:
     gpus: tuple[int, ...] = (1, 2)
     samples: int = 8
     warmup_samples: int = 1
+    repeats: int = 1
     steps: int | None = None  # None: 28 for the dummy model (simulate's default), 25 for SVD (diffusers')
     latent_shape: tuple[int, ...] = (1, 4, 14, 40, 72)  # dummy only
     frames: int | None = None  # SVD models
@@ -236,6 +237,7 @@ class BenchConfig:
             _at_least("--gpus", count, 1, "vidpipe needs at least one rank")
         _at_least("--samples", self.samples, 1, "a run needs at least one sample")
         _at_least("--warmup-samples", self.warmup_samples, 0)
+        _at_least("--repeats", self.repeats, 1)
         if self.steps is not None:
             _at_least("--steps", self.steps, 1)
         _at_least("--step-ms", self.step_ms, 0)

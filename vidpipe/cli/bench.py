@@ -21,6 +21,8 @@ def bench(
     gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4,7.")] = "1,2",
     samples: Annotated[int, typer.Option(help="Measured samples per run (after warm-up).")] = 8,
     warmup_samples: WarmupSamples = 1,
+    repeats: Annotated[int, typer.Option(
+        help="Runs per (strategy, GPUs), each in fresh processes; the median-throughput one is reported.")] = 1,
     steps: Annotated[int | None, typer.Option(
         help="Denoising steps per sample (default: 28 for dummy, 25 for SVD models).")] = None,
     latent_shape: Annotated[tuple[int, int, int, int, int] | None, typer.Option(
@@ -57,7 +59,7 @@ def bench(
 
     config = BenchConfig(
         model=model, compare=parse_list("--compare", compare, COMPARE_CHOICES), gpus=parse_int_list("--gpus", gpus),
-        samples=samples, warmup_samples=warmup_samples, steps=steps,
+        samples=samples, warmup_samples=warmup_samples, repeats=repeats, steps=steps,
         latent_shape=latent_shape or BenchConfig.latent_shape, frames=frames, height=height, width=width,
         step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,
         backend=backend, stall_timeout_s=stall_timeout, offline=offline,
