@@ -10,6 +10,7 @@ from rich import box
 from rich.table import Table
 
 from vidpipe.media.atomic import atomic_output
+from vidpipe.report import print_wide
 
 #: CSV columns, in order; lists (per-rank figures) are written space-separated.
 CSV_COLUMNS = (
@@ -83,8 +84,7 @@ def bench_table(summary: dict) -> Table:
             _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2),
             "yes" if run["verified"] else "NO",
         ))
-    # NOTE: each column is as wide as its header and widest figure, and `print_bench` prints at that width:
-    # rich would otherwise cut figures short ("23.2…") to fit a narrow terminal.
+    # NOTE: each column is as wide as its header and widest figure, so the natural width shows every figure.
     for i, column in enumerate(columns):
         widest = max([len(column), *(len(row[i]) for row in rows if len(row) == len(columns))])
         table.add_column(column, justify="left" if column in ("strategy", "ok") else "right", min_width=widest)
@@ -102,8 +102,7 @@ def not_run_lines(summary: dict) -> list[str]:
 
 
 def print_bench(console, summary: dict) -> None:
-    """The table at its natural width (a narrow terminal wraps lines rather than cutting figures short)."""
-    table = bench_table(summary)
-    console.print(table, width=max(console.width, console.measure(table).maximum), crop=False)
+    """The table, then why any run did not happen."""
+    print_wide(console, bench_table(summary))
     for line in not_run_lines(summary):
         console.print(line, highlight=False)

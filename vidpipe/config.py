@@ -276,3 +276,52 @@ class BenchConfig:
 
     def run_options(self, strategy: str, gpus: int) -> RunOptions:
         return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, self.verbose)
+
+
+SEARCH_AXES = ("frames", "size")
+
+
+@dataclass(frozen=True)
+class MemoryProbeConfig:
+    """`vidpipe memory-probe`: what fits where, per strategy, rank count, frame count and resolution."""
+
+    model: str = "svd-xt-random"
+    strategies: tuple[str, ...] = ("pp", "fsdp")
+    gpus: tuple[int, ...] = (1, 2)
+    frames: tuple[int | None, ...] = (None,)  # None: the model's default
+    sizes: tuple[tuple[int, int] | None, ...] = (None,)  # (height, width); None: the model's default
+    budget_gb: float | None = None
+    search: str | None = None
+    search_limit: int = 256  # largest frame count, or height in multiples of the model's size unit
+    decode_chunk_size: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    stall_timeout_s: float = 300.0
+    offline: bool = False
+    cache_dir: str | None = None
+    json_path: str | None = None
+
+    def __post_init__(self):
+        if self.model == "dummy":
+            raise UsageError("--model dummy has no weights to measure: use tiny, svd-xt-random, svd-xt, a hub id "
+                             "or a folder")
+        for name in self.strategies:
+            _choice("--strategy", name, STRATEGY_NAMES)
+        for count in self.gpus:
+            _at_least("--gpus", count, 1, "vidpipe needs at least one rank")
+        for frames in self.frames:
+            if frames is not None:
+                _at_least("--frames", frames, 1, "a video needs at least one frame")
+        if self.budget_gb is not None and self.budget_gb <= 0:
+            raise UsageError(f"--budget-gb {self.budget_gb}: must be a positive number of GB")
+        if self.search is not None:
+            _choice("--search", self.search, SEARCH_AXES)
+        _at_least("--search-limit", self.search_limit, 1)
+        _at_least("--decode-chunk-size", self.decode_chunk_size, 1)
+        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # same checks
+        if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
+            raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
+
+    def run_options(self, strategy: str, gpus: int) -> RunOptions:
+        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s)

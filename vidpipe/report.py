@@ -102,6 +102,18 @@ def write_json(report: dict, path: str | None) -> None:
     media.write_json(target, json.loads(text))  # atomic; `text` already turned odd values into strings
 
 
+def print_wide(console: Console, table: Table) -> None:
+    """Print `table` at its natural width: a narrow terminal then wraps lines instead of rich cutting figures
+    short ("23.2…") to fit."""
+    natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+    width = console.width
+    console.width = max(width, natural)  # print(width=) is capped at the console's width
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
+
+
 def _fmt(value, digits: int = 3) -> str:
     if value is None:
         return "-"

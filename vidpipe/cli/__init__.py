@@ -13,6 +13,7 @@ import typer
 
 from vidpipe.cli.bench import bench
 from vidpipe.cli.generate import generate
+from vidpipe.cli.memory_probe import memory_probe
 from vidpipe.cli.simulate import simulate
 from vidpipe.errors import VidpipeError
 
@@ -39,6 +40,7 @@ def _root(
 app.command(no_args_is_help=True)(generate)
 app.command(no_args_is_help=False)(simulate)
 app.command(no_args_is_help=False)(bench)
+app.command("memory-probe", no_args_is_help=False)(memory_probe)
 
 
 def _error(message: str) -> None:

@@ -61,15 +61,20 @@ def default_size(source: ModelSource) -> tuple[int, int, int]:
     return _config(source, "unet")["num_frames"], height, width
 
 
+def size_multiple(source: ModelSource) -> tuple[int, int, int]:
+    """(pixel multiple, VAE factor, UNet down-samplings): heights and widths must divide by the first."""
+    vae_factor = 2 ** (len(_config(source, "vae")["block_out_channels"]) - 1)
+    downsamplings = len(_config(source, "unet")["down_block_types"]) - 1  # the last block keeps its size
+    return vae_factor * 2**downsamplings, vae_factor, downsamplings
+
+
 def check_size(source: ModelSource, frames: int | None, height: int | None, width: int | None) -> None:
     """UsageError, with the arithmetic, unless the sizes fit the model (None = the default, always fine).
 
     Pixels must divide by the VAE factor and then by 2 once per UNet down-sampling, or the UNet's skip
     connections stop lining up.
     """
-    vae_factor = 2 ** (len(_config(source, "vae")["block_out_channels"]) - 1)
-    downsamplings = len(_config(source, "unet")["down_block_types"]) - 1  # the last block keeps its size
-    multiple = vae_factor * 2**downsamplings
+    multiple, vae_factor, downsamplings = size_multiple(source)
     if frames is not None and frames < 1:
         raise UsageError(
             f"--frames {frames}: must be at least 1; try the model's default, {default_size(source)[0]}"
