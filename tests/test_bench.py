@@ -1,0 +1,184 @@
+"""`vidpipe bench` end to end, as a user runs it (subprocesses, gloo on CPU, tiny runs), plus its bad input and
+the arithmetic between runs. No timing assertions: a shared CPU makes "faster than" a coin toss."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from tests.conftest import read_json
+from vidpipe.cli import main
+from vidpipe.config import BenchConfig
+from vidpipe.jobs.bench import add_ratios, plan_runs
+
+SMALL = ["--device", "cpu", "--latent-shape", "1", "4", "2", "8", "8", "--samples", "3", "--warmup-samples", "0"]
+
+RUN_KEYS = {
+    "first_sample_time_s", "per_sample_latency_s", "latency_mean_s", "latency_p50_s", "latency_max_s",
+    "steady_interval_s", "makespan_s", "throughput_samples_per_s", "efficiency", "peak_memory_gb_per_rank",
+    "comm_s_per_rank", "speedup", "scaling_efficiency", "world_size", "strategy", "device", "backend", "dtype",
+    "total_steps", "num_samples", "seeds",
+}
+
+PLOTS = ("throughput_vs_gpus.png", "latency_vs_gpus.png", "scaling_efficiency.png", "peak_memory_per_rank.png")
+
+
+def test_dummy_bench_writes_json_csv_table_and_plots(cli, tmp_path):
+    json_path, csv_path, plot_dir = tmp_path / "bench.json", tmp_path / "bench.csv", tmp_path / "plots"
+    result = cli("bench", "--compare", "pp,dp,fsdp", "--gpus", "1,2", "--steps", "4", *SMALL,
+                 "--json", str(json_path), "--csv", str(csv_path), "--plot", str(plot_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "bench: dummy" in result.stderr
+
+    summary = read_json(json_path)
+    runs = summary["runs"]
+    plan = [(s, w) for s in ("pp", "dp", "fsdp") for w in (1, 2)]
+    assert [(r["strategy"], r["world_size"]) for r in runs] == plan
+    for run in runs:
+        name = f"{run['strategy']} x{run['world_size']}"
+        assert run["status"] == "ok", name
+        assert run["verified"] is True, name
+        assert RUN_KEYS <= run.keys(), f"{name} lacks {sorted(RUN_KEYS - run.keys())}"
+        assert run["device"].startswith("cpu") and run["backend"] == "gloo" and run["dtype"] == "fp32"
+        assert run["total_steps"] == 4 and run["num_samples"] == 3 and run["seeds"] == [0, 1, 2]
+        assert len(run["per_sample_latency_s"]) == 3
+        assert len(run["peak_memory_gb_per_rank"]) == len(run["comm_s_per_rank"]) == run["world_size"]
+        if run["world_size"] == 1:
+            assert run["speedup"] == 1.0, name
+        assert run["scaling_efficiency"] == pytest.approx(run["speedup"] / run["world_size"], rel=1e-12), name
+        assert run["speedup_vs_baseline"] is None  # no diffusers run in a dummy bench
+
+    fsdp = {r["world_size"]: r["unet_param_bytes_per_rank"] for r in runs if r["strategy"] == "fsdp"}
+    assert len(fsdp[1]) == 1 and len(fsdp[2]) == 2
+    assert max(fsdp[2]) < fsdp[1][0] <= sum(fsdp[2])  # each rank holds a shard; the shards cover the UNet
+
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["strategy"], int(row["world_size"])) for row in rows] == plan
+    assert all(row["status"] == "ok" and row["verified"] == "True" for row in rows)
+
+    from PIL import Image
+
+    assert sorted(p.name for p in plot_dir.iterdir()) == sorted(PLOTS)
+    for name in PLOTS:
+        with Image.open(plot_dir / name) as image:
+            assert image.format == "PNG"
+            assert image.width >= 300, name
+
+
+def test_pipeline_with_more_ranks_than_steps_is_skipped_not_failed(cli):
+    result = cli("bench", "--compare", "pp", "--gpus", "1,4", "--steps", "2", *SMALL, "--json", "-")
+    assert result.returncode == 0, result.stderr[-3000:]
+    one, four = json.loads(result.stdout)["runs"]  # stdout holds the JSON alone; the table went to stderr
+    assert (one["strategy"], one["world_size"], one["status"], one["verified"]) == ("pp", 1, "ok", True)
+    assert one["speedup"] == 1.0
+    assert (four["strategy"], four["world_size"], four["status"]) == ("pp", 4, "skipped")
+    assert "step" in four["reason"]
+    assert "skipped" in result.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="bug: vidpipe/jobs/bench.py skips _write_outputs for a skipped run "
+                                       "(`continue`), so --json/--csv FILE miss trailing skipped runs")
+def test_skipped_runs_reach_the_json_and_csv_files(tmp_path):
+    """In process and nothing measured (every run skipped), so no worker starts."""
+    from vidpipe.jobs.bench import bench
+
+    json_path, csv_path = tmp_path / "bench.json", tmp_path / "bench.csv"
+    config = BenchConfig(compare=("pp",), gpus=(4,), steps=2, samples=3, warmup_samples=0,
+                         latent_shape=(1, 4, 2, 8, 8), device="cpu", json_path=str(json_path),
+                         csv_path=str(csv_path))
+    summary = bench(config)
+    assert [r["status"] for r in summary["runs"]] == ["skipped"]  # returned, and printed, but:
+    assert [r["status"] for r in read_json(json_path)["runs"]] == ["skipped"]
+    with csv_path.open(newline="") as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["skipped"]
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+# Small, valid settings first: the flag under test comes last and wins, so a check that stops working gives a
+# short run (and a failed assertion) rather than a default-sized bench.
+VALID = ["--compare", "pp", "--gpus", "1", "--steps", "4", *SMALL]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--compare", "pp,xx"], "--compare 'xx'"),
+        (["--gpus", ""], "--gpus '': empty list"),
+        (["--gpus", ","], "--gpus ',': empty list"),
+        (["--gpus", "0"], "--gpus 0: must be at least 1"),
+        (["--gpus", "1,a"], "'a' is not a whole number"),
+        (["--gpus", "a"], "--gpus 'a'"),
+        (["--compare", "diffusers"], "--compare diffusers: the stock-pipeline baseline needs an SVD model"),
+        (["--repeats", "0"], "--repeats 0"),
+    ],
+)
+def test_bench_usage_errors(capsys, args, expected):
+    code, err = run_main(capsys, "bench", *VALID, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("vidpipe: error:") and expected in lines[0]
+    assert "Traceback" not in err
+
+
+def test_bench_usage_error_from_the_command_line(cli):
+    result = cli("bench", *VALID, "--compare", "pp,xx")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "vidpipe: error: --compare 'xx': unknown; choose one of pp, dp, fsdp, diffusers"
+    ]
+
+
+def _run(strategy: str, world_size: int, throughput: float | None, num_samples: int = 4) -> dict:
+    makespan = num_samples / throughput if throughput else 0.0
+    return {"strategy": strategy, "world_size": world_size, "status": "ok", "num_samples": num_samples,
+            "throughput_samples_per_s": throughput, "makespan_s": makespan}
+
+
+def test_add_ratios_against_one_rank_and_the_baseline():
+    runs = [
+        _run("diffusers", 1, 2.0),
+        _run("pp", 1, 4.0),
+        _run("pp", 2, 6.0),
+        _run("pp", 4, 8.0),
+        {"strategy": "pp", "world_size": 8, "status": "skipped", "reason": "too few steps"},
+        {"strategy": "dp", "world_size": 1, "status": "failed", "reason": "boom"},
+        _run("dp", 2, 5.0),
+    ]
+    add_ratios(runs)
+    base, pp1, pp2, pp4, skipped, failed, dp2 = runs
+    assert base["speedup"] == 1.0 and base["speedup_vs_baseline"] == 1.0
+    assert pp1["speedup"] == 1.0 and pp1["scaling_efficiency"] == 1.0
+    assert pp2["speedup"] == pytest.approx(1.5) and pp2["scaling_efficiency"] == pytest.approx(0.75)
+    assert pp4["speedup"] == pytest.approx(2.0) and pp4["scaling_efficiency"] == pytest.approx(0.5)
+    assert pp2["speedup_vs_baseline"] == pytest.approx(3.0) and pp4["speedup_vs_baseline"] == pytest.approx(4.0)
+    assert pp4["time_per_sample_s"] == pytest.approx(1 / 8)
+    # dp's 1-rank run failed: nothing to measure the speed-up against, but the baseline is still there
+    assert dp2["speedup"] is None and dp2["scaling_efficiency"] is None
+    assert dp2["speedup_vs_baseline"] == pytest.approx(2.5)
+    # runs that did not finish get no figures
+    assert "speedup" not in skipped and "speedup" not in failed
+
+
+def test_add_ratios_without_a_baseline():
+    runs = [_run("fsdp", 1, 3.0), _run("fsdp", 2, 3.0)]
+    add_ratios(runs)
+    assert [r["speedup"] for r in runs] == [1.0, 1.0]
+    assert runs[1]["scaling_efficiency"] == pytest.approx(0.5)
+    assert all(r["speedup_vs_baseline"] is None for r in runs)
+
+
+def test_plan_runs_puts_the_baseline_first_and_rank_counts_in_order():
+    config = BenchConfig(model="tiny", compare=("fsdp", "diffusers", "pp"), gpus=(4, 1, 2))
+    assert plan_runs(config) == [
+        ("diffusers", 1), ("fsdp", 1), ("fsdp", 2), ("fsdp", 4), ("pp", 1), ("pp", 2), ("pp", 4),
+    ]
+    assert plan_runs(BenchConfig(compare=("dp",), gpus=(2,))) == [("dp", 2)]
