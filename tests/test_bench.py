@@ -79,8 +79,6 @@ def test_pipeline_with_more_ranks_than_steps_is_skipped_not_failed(cli):
     assert "skipped" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="bug: vidpipe/jobs/bench.py skips _write_outputs for a skipped run "
-                                       "(`continue`), so --json/--csv FILE miss trailing skipped runs")
 def test_skipped_runs_reach_the_json_and_csv_files(tmp_path):
     """In process and nothing measured (every run skipped), so no worker starts."""
     from vidpipe.jobs.bench import bench
@@ -127,14 +125,6 @@ def test_bench_usage_errors(capsys, args, expected):
     assert len(lines) == 1, err
     assert lines[0].startswith("vidpipe: error:") and expected in lines[0]
     assert "Traceback" not in err
-
-
-def test_bench_usage_error_from_the_command_line(cli):
-    result = cli("bench", *VALID, "--compare", "pp,xx")
-    assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [
-        "vidpipe: error: --compare 'xx': unknown; choose one of pp, dp, fsdp, diffusers"
-    ]
 
 
 def _run(strategy: str, world_size: int, throughput: float | None, num_samples: int = 4) -> dict:

@@ -38,8 +38,10 @@ def memory_probe(
     json_path: Annotated[str | None, typer.Option("--json", help="Write the results here (- = stdout).")] = None,
     stall_timeout: StallTimeout = 300.0,
 ) -> None:
-    """Measure, per strategy and GPU count, the parameter bytes each rank holds and its peak memory in each
-    phase (load, encode, denoise, decode); say what fits. An out-of-memory is reported and the probe goes on.
+    """What fits where: parameter bytes and peak memory per rank, per phase, per strategy and GPU count.
+
+    Each configuration loads the model in fresh processes, encodes one sample, runs one denoising step and
+    decodes, marking each rank's peak memory after each phase. An out-of-memory is reported and the probe goes on.
 
     On CPU each rank's peak RSS is measured instead (and says so). Examples:
 

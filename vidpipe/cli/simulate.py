@@ -44,7 +44,7 @@ def simulate(
     stall_timeout: StallTimeout = 300.0,
     verbose: Verbose = False,
 ) -> None:
-    """Run the step pipeline (or data parallel) with the stand-in UNet and measure it.
+    """Run a strategy (pp, dp or fsdp) with the stand-in UNet and measure it.
 
     Every sample's final latents are checked against a 1-rank computation of the same seed. Example:
 

@@ -120,11 +120,14 @@ def add_ratios(runs: list[dict]) -> None:
         one = next((r for r in done if r["strategy"] == run["strategy"] and r["world_size"] == 1), None)
         throughput = run["throughput_samples_per_s"]
         run["time_per_sample_s"] = run["makespan_s"] / run["num_samples"] if run["num_samples"] else None
-        run["speedup"] = throughput / one["throughput_samples_per_s"] if one and throughput else None
+        run["speedup"] = _ratio(throughput, one)
         run["scaling_efficiency"] = run["speedup"] / run["world_size"] if run["speedup"] else None
-        run["speedup_vs_baseline"] = (
-            throughput / baseline["throughput_samples_per_s"] if baseline and throughput else None
-        )
+        run["speedup_vs_baseline"] = _ratio(throughput, baseline)
+
+
+def _ratio(throughput: float | None, reference: dict | None) -> float | None:
+    base = reference["throughput_samples_per_s"] if reference else None
+    return throughput / base if throughput and base else None
 
 
 def bench(config: BenchConfig) -> dict:
@@ -149,6 +152,7 @@ def bench(config: BenchConfig) -> dict:
         if reason:
             stderr_console.print(f"{label}: skipped: {reason}")
             runs.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
+            _write_outputs(summary, config)
             continue
         try:
             report = _measure_repeated(runner, strategy, gpus, config.repeats, label)

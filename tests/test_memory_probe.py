@@ -1,0 +1,92 @@
+"""`vidpipe memory-probe`: parameter bytes and peak memory per rank per phase, what fits, and the search."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import read_json
+from vidpipe.cli import main
+from vidpipe.config import MemoryProbeConfig
+from vidpipe.jobs.memory_probe import PHASES, Probe, Prober
+
+
+def test_fsdp_halves_the_unet_bytes_per_rank_and_pp_keeps_them(cli, tmp_path):
+    out = tmp_path / "probe.json"
+    result = cli("memory-probe", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--strategy", "pp,fsdp",
+                 "--gpus", "1,2", "--device", "cpu", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {(r["strategy"], r["world_size"]): r for r in read_json(out)["rows"]}
+    assert sorted(rows) == [("fsdp", 1), ("fsdp", 2), ("pp", 1), ("pp", 2)]
+    for row in rows.values():
+        assert row["status"] == "ok" and row["fits"] is True
+        assert row["peak_memory_kind"] == "cpu_peak_rss"
+        assert sorted(row["peak_memory_gb_per_rank_by_phase"]) == sorted(PHASES)
+        assert all(len(v) == row["world_size"] and min(v) > 0 for v in row["peak_memory_gb_per_rank_by_phase"].values())
+    one = rows[("fsdp", 1)]["unet_param_bytes_per_rank"][0]
+    assert max(rows[("fsdp", 2)]["unet_param_bytes_per_rank"]) <= 0.55 * one
+    assert rows[("pp", 1)]["unet_param_bytes_per_rank"] == [one]
+    assert rows[("pp", 2)]["unet_param_bytes_per_rank"] == [one, one]
+    assert "memory-probe: tiny on cpu" in result.stderr and "peak RSS" in result.stderr
+
+
+class FakeProber(Prober):
+    """The search logic alone: memory grows linearly with frames (or pixels); no processes."""
+
+    def __init__(self, search: str, budget_gb: float, limit: int = 256):
+        self.config = MemoryProbeConfig(model="tiny", search=search, search_limit=limit, budget_gb=budget_gb)
+        self.budget_gb = budget_gb
+        self.multiple = 16
+        self.probed: list[int] = []
+
+    def measure(self, probe: Probe) -> dict:
+        value = probe.frames if self.config.search == "frames" else probe.height
+        self.probed.append(value)
+        peak = 1.0 + 0.1 * (probe.frames if self.config.search == "frames" else probe.height * probe.width / 4096)
+        return {"strategy": probe.strategy, "world_size": probe.gpus, "frames": probe.frames, "height": probe.height,
+                "width": probe.width, "status": "ok", "fits": peak <= self.budget_gb, "peak_memory_gb": peak}
+
+
+@pytest.mark.parametrize(("start", "budget", "largest"), [(14, 3.55, 25), (14, 1.05, 0), (4, 50.0, 256), (40, 2.0, 10)])
+def test_frame_search_finds_the_largest_that_fits(start, budget, largest):
+    prober = FakeProber("frames", budget)
+    best, tried = prober.search("fsdp", 2, start, 64, 64)
+    assert (best["frames"] if best else 0) == largest
+    assert len(tried) == len(set(prober.probed))  # never probes the same value twice
+    if largest:
+        assert not any(r["fits"] for r in tried if r["frames"] > largest)
+
+
+def test_size_search_keeps_the_aspect_ratio_and_the_multiple():
+    prober = FakeProber("size", budget_gb=3.0)
+    best, _tried = prober.search("pp", 1, 14, 64, 128)  # 1 + 0.1 * h * w / 4096 <= 3 -> h*w <= 81920
+    assert best["height"] % 16 == 0 and best["width"] == 2 * best["height"]
+    assert best["height"] * best["width"] <= 81920 < (best["height"] + 16) * (best["width"] + 32)
+
+
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--search", "depth"], "--search 'depth': unknown; choose one of frames, size"),
+    (["--size", "576x"], "--size '576x': not HEIGHTxWIDTH"),
+    (["--size", "576by1024"], "--size '576by1024'"),
+    (["--strategy", "pp,zz"], "--strategy 'zz'"),
+    (["--gpus", ","], "--gpus ',': empty list"),
+    (["--frames", "0"], "--frames 0"),
+    (["--budget-gb", "-1"], "--budget-gb -1"),
+    (["--model", "dummy"], "--model dummy has no weights"),
+])
+def test_bad_probe_input_is_one_line_and_exit_2(capsys, args, expected):
+    code, err = run_main(capsys, "memory-probe", *args)
+    assert code == 2
+    assert err.count("\n") == 1 and expected in err
+
+
+def test_search_on_cpu_needs_a_budget(cli, tmp_path):
+    result = cli("memory-probe", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+                 "--search", "frames")
+    assert result.returncode == 2
+    assert "--search frames on CPU needs --budget-gb" in result.stderr
