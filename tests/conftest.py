@@ -30,6 +30,15 @@ def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None) -> subpro
     )
 
 
+def run_main(capsys, *args: str) -> tuple[int, str]:
+    """`vidpipe ARGS` in this process (for errors raised before any worker starts): (exit code, stderr)."""
+    from vidpipe.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(args))
+    return exit_info.value.code, capsys.readouterr().err
+
+
 @pytest.fixture
 def cli():
     return run_cli

@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import read_json
-from vidpipe.cli import main
+from tests.conftest import read_json, run_main
 from vidpipe.config import BenchConfig
 from vidpipe.jobs.bench import add_ratios, plan_runs
 
@@ -93,11 +92,6 @@ def test_skipped_runs_reach_the_json_and_csv_files(tmp_path):
     with csv_path.open(newline="") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["skipped"]
 
-
-def run_main(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 # Small, valid settings first: the flag under test comes last and wins, so a check that stops working gives a

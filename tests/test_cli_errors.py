@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import run_main
 from vidpipe.cli import main
-
-
-def run_main(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -13,8 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, read_json, vidpipe_env
-from vidpipe.cli import main
+from tests.conftest import REPO, read_json, run_main, vidpipe_env
 from vidpipe.models.registry import resolve_model
 
 STEPS = 4
@@ -104,11 +103,6 @@ def test_strategies_equal_one_rank_and_diffusers(tmp_path, cache, photo):
         print(f"sample {i}: max abs diff vs diffusers = {diff:.3g}")
         assert diff <= 1e-4
 
-
-def run_main(capsys, *args) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("extra", "expected"), [

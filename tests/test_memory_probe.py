@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import read_json
-from vidpipe.cli import main
+from tests.conftest import read_json, run_main
 from vidpipe.config import MemoryProbeConfig
 from vidpipe.jobs.memory_probe import PHASES, Probe, Prober
 
@@ -62,11 +61,6 @@ def test_size_search_keeps_the_aspect_ratio_and_the_multiple():
     assert best["height"] % 16 == 0 and best["width"] == 2 * best["height"]
     assert best["height"] * best["width"] <= 81920 < (best["height"] + 16) * (best["width"] + 32)
 
-
-def run_main(capsys, *args: str) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    return exit_info.value.code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize(("args", "expected"), [

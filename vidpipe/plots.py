@@ -50,7 +50,7 @@ def bench_plots(summary: dict, out_dir: Path) -> list[Path]:
             axes.plot(xs, ys, marker="o", label=strategy)
         if name == "scaling_efficiency.png":
             axes.axhline(1.0, linestyle=":", color="black", linewidth=0.8, label="ideal")
-            axes.set_ylim(bottom=0)
+        axes.set_ylim(bottom=0)  # from zero: a few MB of difference must not look like a factor
         axes.set_xticks(gpu_counts)
         axes.set_xlabel("GPUs (ranks)")
         axes.set_ylabel(label)

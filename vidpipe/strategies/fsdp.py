@@ -16,6 +16,9 @@ from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.runtime.dist import DistContext
+from vidpipe.strategies.dp import needs_encoder, owner_of  # the same: every rank encodes; latents round robin
+
+__all__ = ["prepare", "run", "owner_of", "needs_encoder", "ideal_makespan", "STAGE_DENOISER_ON_CPU"]
 
 #: The UNet's children sharded one by one (SVD's UNet, or the simulator's stand-in), so that only one block's
 #: full parameters exist at a time; whatever remains (embeddings, conv_in/out) goes with the root.
@@ -56,14 +59,6 @@ def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder
             finals[sample.index] = latents.to("cpu")
             recorder.sample_done(sample)
     return finals
-
-
-def owner_of(position: int, world_size: int) -> int:
-    return position % world_size
-
-
-def needs_encoder(rank: int, world_size: int) -> bool:
-    return True
 
 
 def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, world_size: int) -> float:
