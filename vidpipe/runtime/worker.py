@@ -55,6 +55,14 @@ def _exit_on_sigterm(signum, _frame) -> None:
     sys.exit(128 + signum)
 
 
+def _quiet_loading_bars() -> None:
+    """Workers load local files only; W copies of transformers' "Loading weights" bar would tear through the
+    parent's live display. (Downloads happen in the parent, whose bars stay.)"""
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()
+
+
 def worker_entry(setup: RankSetup, job, queue) -> None:
     """Target of each spawned process. Errors become a `WorkerError` event naming this rank, then exit 1."""
     _die_with_parent()
@@ -63,6 +71,7 @@ def worker_entry(setup: RankSetup, job, queue) -> None:
     # SIGTERM from the parent unwinds Python (finally blocks remove temporary files); a rank stuck in C code
     # does not return to Python and is SIGKILLed after a grace period instead.
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    _quiet_loading_bars()
     events = EventSink(setup.rank, queue=queue)
     try:
         result = run_rank(setup, job, events)
