@@ -145,29 +145,41 @@ def bench(config: BenchConfig) -> dict:
         "total_steps": config.total_steps, "num_samples": config.samples,
         "warmup_samples": config.warmup_samples, "device_type": device_type, **runner.shape(), "runs": [],
     }
-    runs = summary["runs"]
-    for number, (strategy, gpus) in enumerate(plan, start=1):
-        label = f"[{number}/{len(plan)}] {strategy} on {gpus} rank{'s' if gpus > 1 else ''}"
-        reason = skip_reason(config, strategy, gpus, device_type)
-        if reason:
-            stderr_console.print(f"{label}: skipped: {reason}")
-            runs.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
-            _write_outputs(summary, config)
-            continue
-        try:
-            report = _measure_repeated(runner, strategy, gpus, config.repeats, label)
-        except Interrupted:
-            raise
-        except VidpipeError as error:  # a failed run is a result too: report it and go on
-            stderr_console.print(f"{label}: failed: {error}")
-            report = {"strategy": strategy, "world_size": gpus, "status": "failed", "reason": str(error)}
-        runs.append(report)
-        add_ratios(runs)
-        if report["status"] == "ok":
-            stderr_console.print(
-                f"{label}: {report['throughput_samples_per_s']:.3f} samples/s, verified {report['verified']}"
-            )
-        _write_outputs(summary, config)  # after every run: a stopped bench keeps what it measured
+    # NOTE: repeats go round robin over the configurations, not one configuration N times in a row: a shared
+    # machine drifts over minutes, and the drift must hit every configuration alike, not whichever ran then.
+    measured: dict[tuple[str, int], list[dict]] = {key: [] for key in plan}
+    for repeat in range(config.repeats):
+        for number, (strategy, gpus) in enumerate(plan, start=1):
+            label = f"[{number}/{len(plan)}] {strategy} on {gpus} rank{'s' if gpus > 1 else ''}"
+            if config.repeats > 1:
+                label += f" (repeat {repeat + 1}/{config.repeats})"
+            reports = measured[(strategy, gpus)]
+            reason = skip_reason(config, strategy, gpus, device_type)
+            if reason or (reports and reports[-1]["status"] == "failed"):
+                if repeat == 0:
+                    stderr_console.print(f"{label}: skipped: {reason}")
+                    reports.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
+                continue
+            stderr_console.print(f"{label}: starting fresh processes")
+            try:
+                report = runner.measure(strategy, gpus)
+                report.update(status="ok", reason=None)
+                report.pop("samples", None)
+                stderr_console.print(
+                    f"{label}: {report['throughput_samples_per_s']:.3f} samples/s, verified {report['verified']}"
+                )
+            except Interrupted:
+                raise
+            except VidpipeError as error:  # a failed run is a result too: report it and go on
+                stderr_console.print(f"{label}: failed: {error}")
+                report = {"strategy": strategy, "world_size": gpus, "status": "failed", "reason": str(error)}
+            reports.append(report)
+            summary["runs"] = [_median(measured[key]) for key in plan if measured[key]]
+            add_ratios(summary["runs"])
+            _write_outputs(summary, config)  # after every run: a stopped bench keeps what it measured
+    summary["runs"] = runs = [_median(measured[key]) for key in plan if measured[key]]
+    add_ratios(runs)
+    _write_outputs(summary, config)
 
     print_bench(stderr_console, summary)
     if config.plot_dir:
@@ -182,19 +194,14 @@ def bench(config: BenchConfig) -> dict:
     return summary
 
 
-def _measure_repeated(runner, strategy: str, gpus: int, repeats: int, label: str) -> dict:
-    """`repeats` runs, each in fresh processes; the one with the median throughput stands for them all (a shared
-    machine's noise moves single runs by several percent). Every repeat must verify."""
-    reports = []
-    for repeat in range(repeats):
-        suffix = f" (repeat {repeat + 1}/{repeats})" if repeats > 1 else ""
-        stderr_console.print(f"{label}: starting fresh processes{suffix}")
-        reports.append(runner.measure(strategy, gpus))
+def _median(reports: list[dict]) -> dict:
+    """The run with the median throughput stands for its repeats; every repeat must have verified."""
+    if reports[-1]["status"] != "ok":
+        return reports[-1]
     throughputs = [r["throughput_samples_per_s"] for r in reports]
-    median = sorted(reports, key=lambda r: r["throughput_samples_per_s"])[(repeats - 1) // 2]
-    median.update(status="ok", reason=None, repeats=repeats, throughput_per_repeat=throughputs,
+    median = dict(sorted(reports, key=lambda r: r["throughput_samples_per_s"])[(len(reports) - 1) // 2])
+    median.update(repeats=len(reports), throughput_per_repeat=throughputs,
                   verified=all(r["verified"] for r in reports))
-    median.pop("samples", None)
     return median
 
 
