@@ -93,7 +93,7 @@ def test_a_stopped_rank_is_caught_by_the_stall_timeout(strategy):
 
 
 @pytest.mark.parametrize(("signum", "expected_code", "strategy"), [
-    (signal.SIGINT, 130, "pp"), (signal.SIGTERM, 143, "pp"), (signal.SIGINT, 130, "dp"), (signal.SIGINT, 130, "fsdp"),
+    (signal.SIGINT, 130, "pp"), (signal.SIGTERM, 143, "pp"), (signal.SIGINT, 130, "fsdp"),
 ])
 def test_interrupting_the_parent_stops_every_rank(signum, expected_code, strategy):
     process, marker = start("simulate", "--gpus", "2", "--strategy", strategy, *SLOW)
