@@ -198,7 +198,28 @@ def parse_sizes(flag: str, text: str) -> tuple[tuple[int, int], ...]:
 
 
 @dataclass(frozen=True)
-class BenchConfig:
+class MachineOptions:
+    """Where the ranks of a many-run command (bench, memory-probe) go, and where the model comes from."""
+
+    device: str = "auto"
+    dtype: str = "auto"
+    backend: str = "auto"
+    stall_timeout_s: float = 300.0
+    offline: bool = False
+    cache_dir: str | None = None
+    json_path: str | None = None  # "-" = stdout
+
+    def check_machine(self) -> None:
+        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # the same checks
+        if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
+            raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
+
+    def run_options(self, strategy: str, gpus: int, verbose: bool = False) -> RunOptions:
+        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, verbose)
+
+
+@dataclass(frozen=True)
+class BenchConfig(MachineOptions):
     """`vidpipe bench`: the same job under several strategies and rank counts, each run in fresh processes."""
 
     model: str = "dummy"
@@ -215,13 +236,6 @@ class BenchConfig:
     step_ms: float = 0.0  # dummy only
     image: str | None = None
     seed: int = 0
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: str = "auto"
-    stall_timeout_s: float = 300.0
-    offline: bool = False
-    cache_dir: str | None = None
-    json_path: str | None = None
     csv_path: str | None = None
     plot_dir: str | None = None
     verbose: bool = False
@@ -255,10 +269,9 @@ class BenchConfig:
         for flag, value in (("--frames", self.frames), ("--height", self.height), ("--width", self.width)):
             if value is not None:
                 _at_least(flag, value, 1 if flag == "--frames" else 8)
-        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # same checks
-        for flag, path in (("--json", self.json_path), ("--csv", self.csv_path)):
-            if path not in (None, "-") and Path(path).is_dir():
-                raise UsageError(f"{flag} {path}: is a directory; give a file path")
+        self.check_machine()
+        if self.csv_path is not None and Path(self.csv_path).is_dir():
+            raise UsageError(f"--csv {self.csv_path}: is a directory; give a file path")
         if self.plot_dir is not None and Path(self.plot_dir).exists() and not Path(self.plot_dir).is_dir():
             raise UsageError(f"--plot {self.plot_dir}: exists and is not a directory; give a folder for the PNGs")
 
@@ -274,15 +287,15 @@ class BenchConfig:
     def strategies(self) -> tuple[str, ...]:
         return tuple(name for name in self.compare if name != BASELINE)
 
-    def run_options(self, strategy: str, gpus: int) -> RunOptions:
-        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, self.verbose)
+    def run_options(self, strategy: str, gpus: int, verbose: bool = False) -> RunOptions:
+        return super().run_options(strategy, gpus, self.verbose)
 
 
 SEARCH_AXES = ("frames", "size")
 
 
 @dataclass(frozen=True)
-class MemoryProbeConfig:
+class MemoryProbeConfig(MachineOptions):
     """`vidpipe memory-probe`: what fits where, per strategy, rank count, frame count and resolution."""
 
     model: str = "svd-xt-random"
@@ -294,13 +307,6 @@ class MemoryProbeConfig:
     search: str | None = None
     search_limit: int = 256  # largest frame count, or height in multiples of the model's size unit
     decode_chunk_size: int = 4
-    device: str = "auto"
-    dtype: str = "auto"
-    backend: str = "auto"
-    stall_timeout_s: float = 300.0
-    offline: bool = False
-    cache_dir: str | None = None
-    json_path: str | None = None
 
     def __post_init__(self):
         if self.model == "dummy":
@@ -319,9 +325,4 @@ class MemoryProbeConfig:
             _choice("--search", self.search, SEARCH_AXES)
         _at_least("--search-limit", self.search_limit, 1)
         _at_least("--decode-chunk-size", self.decode_chunk_size, 1)
-        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # same checks
-        if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
-            raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
-
-    def run_options(self, strategy: str, gpus: int) -> RunOptions:
-        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s)
+        self.check_machine()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from vidpipe.cli.options import Backend, Device, Dtype, Seed, StallTimeout, Verbose, WarmupSamples
+from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, Offline, Seed, StallTimeout, Verbose, WarmupSamples
 from vidpipe.config import COMPARE_CHOICES, BenchConfig, parse_int_list, parse_list
 
 
@@ -37,8 +37,8 @@ def bench(
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
-    offline: Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")] = None,
+    offline: Offline = False,
+    cache_dir: CacheDir = None,
     json_path: Annotated[str | None, typer.Option("--json", help="Write all runs' figures here (- = stdout).")] = None,
     csv_path: Annotated[Path | None, typer.Option("--csv", help="Write one CSV row per run here.")] = None,
     plot_dir: Annotated[Path | None, typer.Option(

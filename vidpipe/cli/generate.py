@@ -9,10 +9,12 @@ import typer
 
 from vidpipe.cli.options import (
     Backend,
+    CacheDir,
     Device,
     Dtype,
     Gpus,
     JsonPath,
+    Offline,
     Seed,
     StallTimeout,
     Strategy,
@@ -53,8 +55,8 @@ def generate(
                                                           "lossless frames).")] = "mp4",
     save_latents: Annotated[bool, typer.Option("--save-latents", help="Also save final latents "
                                                                       "(.latents.safetensors).")] = False,
-    offline: Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")] = None,
+    offline: Offline = False,
+    cache_dir: CacheDir = None,
     json_path: JsonPath = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     resume: Annotated[bool, typer.Option(help="Skip samples whose output files are all there already.")] = False,

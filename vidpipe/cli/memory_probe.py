@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from vidpipe.cli.options import Backend, Device, Dtype, StallTimeout
+from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, Offline, StallTimeout
 from vidpipe.config import STRATEGY_NAMES, MemoryProbeConfig, parse_int_list, parse_list, parse_sizes
 
 
@@ -33,8 +32,8 @@ def memory_probe(
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
-    offline: Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")] = False,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")] = None,
+    offline: Offline = False,
+    cache_dir: CacheDir = None,
     json_path: Annotated[str | None, typer.Option("--json", help="Write the results here (- = stdout).")] = None,
     stall_timeout: StallTimeout = 300.0,
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -28,3 +29,5 @@ StallTimeout = Annotated[
     float,
     typer.Option("--stall-timeout", help="Stop the run when no rank reports progress for this many seconds."),
 ]
+Offline = Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")]
+CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")]
