@@ -67,6 +67,25 @@ def test_dummy_bench_writes_json_csv_table_and_plots(cli, tmp_path):
             assert image.width >= 300, name
 
 
+def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(cli, tmp_path):
+    """The real-model path: the diffusers baseline runs first, and each strategy's latents must match its."""
+    out = tmp_path / "tiny.json"
+    result = cli("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare", "diffusers,pp,fsdp",
+                 "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples", "0", "--frames", "2",
+                 "--device", "cpu", "--json", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = read_json(out)["runs"]
+    assert [(r["strategy"], r["world_size"]) for r in runs] == [("diffusers", 1), ("pp", 2), ("fsdp", 2)]
+    assert runs[0]["verify_mode"] == "reference run"
+    for run in runs[1:]:
+        assert run["status"] == "ok" and run["verified"] is True
+        assert run["verified_against"] == "diffusers x1"
+        assert run["verify_mode"] == "max abs diff <= 0.0001 x max(1, max |reference|)"
+        assert run["speedup_vs_baseline"] > 0 and run["speedup"] is None  # no 1-rank run of pp/fsdp here
+        assert run["frames"] == 2 and run["height"] == 64
+    assert runs[0]["steps_per_rank"] == [2] and "stock diffusers pipeline" in runs[0]["step_assignment"]
+
+
 def test_pipeline_with_more_ranks_than_steps_is_skipped_not_failed(cli):
     result = cli("bench", "--compare", "pp", "--gpus", "1,4", "--steps", "2", *SMALL, "--json", "-")
     assert result.returncode == 0, result.stderr[-3000:]

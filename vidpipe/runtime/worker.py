@@ -60,7 +60,10 @@ def _quiet_loading_bars() -> None:
     parent's live display. (Downloads happen in the parent, whose bars stay.)"""
     from huggingface_hub.utils import disable_progress_bars
 
-    disable_progress_bars()
+    disable_progress_bars()  # transformers, imported later, takes its own setting from this
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:  # already imported while the job was unpickled
+        transformers_logging.disable_progress_bar()
 
 
 def worker_entry(setup: RankSetup, job, queue) -> None:
