@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vidpipe.bench_output import print_bench, write_csv
 from vidpipe.config import BASELINE, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
+from vidpipe.plots import bench_plots
 from vidpipe.report import run_report, stderr_console, write_json
 from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
 from vidpipe.runtime.launch import under_torchrun
@@ -37,13 +39,11 @@ class SvdBench:
 
     def __init__(self, config: BenchConfig):
         from vidpipe.models.registry import resolve_model
-        from vidpipe.models.svd import SVDParams, check_size, default_size
+        from vidpipe.models.svd import SVDParams, resolve_size
 
         self.config = config
         self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-        check_size(self.source, config.frames, config.height, config.width)
-        frames, height, width = default_size(self.source)
-        self.size = (config.frames or frames, config.height or height, config.width or width)
+        self.size = resolve_size(self.source, config.frames, config.height, config.width)
         self.params = SVDParams(steps=config.total_steps, frames=self.size[0], height=self.size[1],
                                 width=self.size[2])
         image = _input_image(config.image, self.size[1], self.size[2])
@@ -132,9 +132,6 @@ def _ratio(throughput: float | None, reference: dict | None) -> float | None:
 
 def bench(config: BenchConfig) -> dict:
     """Run `vidpipe bench`; returns {"runs": [...], ...} as written to --json."""
-    from vidpipe.bench_output import print_bench
-    from vidpipe.plots import bench_plots
-
     if under_torchrun():
         raise UsageError("bench starts fresh processes for every run: run it directly, not under torchrun")
     device_type = resolve_device_type(config.device, 1)
@@ -154,11 +151,12 @@ def bench(config: BenchConfig) -> dict:
             if config.repeats > 1:
                 label += f" (repeat {repeat + 1}/{config.repeats})"
             reports = measured[(strategy, gpus)]
+            if reports and reports[-1]["status"] != "ok":  # skipped, or failed in an earlier repeat
+                continue
             reason = skip_reason(config, strategy, gpus, device_type)
-            if reason or (reports and reports[-1]["status"] == "failed"):
-                if repeat == 0:
-                    stderr_console.print(f"{label}: skipped: {reason}")
-                    reports.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
+            if reason:
+                stderr_console.print(f"{label}: skipped: {reason}")
+                reports.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})
                 continue
             stderr_console.print(f"{label}: starting fresh processes")
             try:
@@ -174,12 +172,8 @@ def bench(config: BenchConfig) -> dict:
                 stderr_console.print(f"{label}: failed: {error}")
                 report = {"strategy": strategy, "world_size": gpus, "status": "failed", "reason": str(error)}
             reports.append(report)
-            summary["runs"] = [_median(measured[key]) for key in plan if measured[key]]
-            add_ratios(summary["runs"])
-            _write_outputs(summary, config)  # after every run: a stopped bench keeps what it measured
-    summary["runs"] = runs = [_median(measured[key]) for key in plan if measured[key]]
-    add_ratios(runs)
-    _write_outputs(summary, config)
+            _publish(summary, measured, config)  # after every run: a stopped bench keeps what it measured
+    runs = _publish(summary, measured, config)
 
     print_bench(stderr_console, summary)
     if config.plot_dir:
@@ -205,10 +199,12 @@ def _median(reports: list[dict]) -> dict:
     return median
 
 
-def _write_outputs(summary: dict, config: BenchConfig) -> None:
-    from vidpipe.bench_output import write_csv
-
+def _publish(summary: dict, measured: dict, config: BenchConfig) -> list[dict]:
+    """Each configuration's run (the median of its repeats so far) with its ratios, into `summary` and the files."""
+    summary["runs"] = [_median(reports) for reports in measured.values() if reports]
+    add_ratios(summary["runs"])
     if config.json_path not in (None, "-"):
         write_json(summary, config.json_path)
     if config.csv_path:
         write_csv(summary["runs"], Path(config.csv_path))
+    return summary["runs"]

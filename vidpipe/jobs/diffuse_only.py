@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpipe.jobs.diffusion import gather_to_first, run_diffusion, warmup_samples
+from vidpipe.jobs.diffusion import gather_to_first, load_svd_for, run_diffusion, warmup_samples
 from vidpipe.metrics import StepRecorder, param_bytes
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource
@@ -29,13 +29,9 @@ class DiffuseJob:
     warmup: int
 
     def run(self, ctx: DistContext, events: EventSink):
-        from vidpipe.models.svd import SVDModel
-
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         strategy = get_strategy(self.strategy)
-        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], self.params,
-                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
-                              stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+        model = load_svd_for(strategy, ctx, self.source, self.dtype, self.params)
         finals, record = run_diffusion(ctx, model, strategy, list(self.samples), self.warmup, events)
         gathered = gather_to_first(ctx, (record, finals))
         if not ctx.is_first:

@@ -13,6 +13,17 @@ from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 
 
+def load_svd_for(strategy: ModuleType, ctx: DistContext, source, dtype: str, params):
+    """The SVD model as `strategy` needs it on this rank: image encoder only where it encodes, the UNet left on
+    the CPU where the strategy moves it to the device itself (fsdp, shard by shard)."""
+    from vidpipe.models.svd import SVDModel
+    from vidpipe.runtime.devices import DTYPES
+
+    return SVDModel.load(source, ctx.device, DTYPES[dtype], params,
+                         encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
+                         stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+
+
 def warmup_samples(samples: list[Sample], count: int) -> list[Sample]:
     """Copies of the first samples with negative indices, so progress and records never mix them up."""
     return [

@@ -11,7 +11,7 @@ from vidpipe import media
 from vidpipe.config import GenerateConfig
 from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import decode_and_write, redistribute
-from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
+from vidpipe.jobs.diffusion import gather_to_first, load_svd_for, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import mark_memory, timeline
 from vidpipe.models.base import Sample
@@ -23,7 +23,6 @@ from vidpipe.report import (
     summary_table,
     write_json,
 )
-from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, PhaseStarted
 from vidpipe.strategies.registry import get_strategy
@@ -53,13 +52,9 @@ class GenerateJob:
     input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
 
     def run(self, ctx: DistContext, events: EventSink):
-        from vidpipe.models.svd import SVDModel
-
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         strategy = get_strategy(self.config.run.strategy)
-        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], svd_params(self.config),
-                              encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
-                              stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+        model = load_svd_for(strategy, ctx, self.source, self.dtype, svd_params(self.config))
         samples = list(self.samples)
         finals, record = run_diffusion(ctx, model, strategy, samples, self.config.warmup_samples, events)
 
@@ -115,7 +110,7 @@ def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[list[Sa
 
 def generate(config: GenerateConfig) -> dict | None:
     """Run `vidpipe generate`; returns the report (None on torchrun ranks other than 0)."""
-    from vidpipe.models.svd import check_size, default_size
+    from vidpipe.models.svd import resolve_size
 
     # 1. Everything that can be wrong with the input is checked before any process starts.
     images = [media.load_image(Path(path)) for path in config.images]
@@ -123,9 +118,8 @@ def generate(config: GenerateConfig) -> dict | None:
     if "mp4" in config.formats:
         media.check_ffmpeg_h264()
     source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-    check_size(source, config.frames, config.height, config.width)
-    frames, height, width = default_size(source)
-    frames = config.frames or frames
+    size = resolve_size(source, config.frames, config.height, config.width)
+    frames = size[0]
     if config.decode_chunk_size > frames:
         raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {frames} frames")
     placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
@@ -151,8 +145,7 @@ def generate(config: GenerateConfig) -> dict | None:
         media.remove_temporaries(Path(config.out))
     if result is None:
         return None
-    return _report(config, placement, source, samples, result, (frames, config.height or height,
-                                                                  config.width or width))
+    return _report(config, placement, source, samples, result, size)
 
 
 def _report(config, placement, source, samples, result, size) -> dict:

@@ -12,13 +12,13 @@ import torch
 
 from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
-from vidpipe.jobs.diffusion import gather_to_first
+from vidpipe.jobs.diffusion import gather_to_first, load_svd_for
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import GIB, RankRecord, mark_memory, param_bytes
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource
 from vidpipe.report import print_wide, stderr_console, write_json
-from vidpipe.runtime.devices import DTYPES, cuda_device_count, resolve_device_type
+from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.runtime.launch import under_torchrun
@@ -39,17 +39,16 @@ class ProbeJob:
 
     def run(self, ctx: DistContext, events: EventSink):
         from vidpipe import media
-        from vidpipe.models.svd import SVDModel, SVDParams
+        from vidpipe.models.svd import SVDParams
 
         strategy = get_strategy(self.strategy)
+        # NOTE: a fresh process: CUDA's peak counter starts at zero, so the "load" mark is the load's own peak.
         record = RankRecord(rank=ctx.rank)
-        _reset_peak(ctx.device)
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         params = SVDParams(steps=25, frames=self.frames, height=self.height, width=self.width,
                            decode_chunk_size=self.decode_chunk_size)
         encodes = strategy.needs_encoder(ctx.rank, ctx.world_size)
-        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], params, encoders=encodes,
-                              stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+        model = load_svd_for(strategy, ctx, self.source, self.dtype, params)
         strategy.prepare(ctx, model)
         record.unet_param_bytes = param_bytes(model.unet)
         resident = sum(param_bytes(m) for m in (model.unet, model.pipeline.vae, model.pipeline.image_encoder))
@@ -77,11 +76,6 @@ class ProbeJob:
         mark_memory(ctx.device, record, "decode")
         gathered = gather_to_first(ctx, (record, resident))
         return gathered if ctx.is_first else None
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,15 @@ def size_multiple(source: ModelSource) -> tuple[int, int, int]:
     return vae_factor * 2**downsamplings, vae_factor, downsamplings
 
 
+def resolve_size(
+    source: ModelSource, frames: int | None, height: int | None, width: int | None
+) -> tuple[int, int, int]:
+    """(frames, height, width) to generate: the given sizes, checked (see `check_size`), else the model's."""
+    check_size(source, frames, height, width)
+    default_frames, default_height, default_width = default_size(source)
+    return frames or default_frames, height or default_height, width or default_width
+
+
 def check_size(source: ModelSource, frames: int | None, height: int | None, width: int | None) -> None:
     """UsageError, with the arithmetic, unless the sizes fit the model (None = the default, always fine).
 
@@ -203,9 +212,7 @@ class SVDModel:
             device = torch.device("cuda", torch.cuda.current_device())  # compared with parameters' devices
         if dtype is None:
             dtype = torch.float16 if device.type == "cuda" else torch.float32
-        frames, height, width = default_size(source)
-        size = (params.frames or frames, params.height or height, params.width or width)
-        check_size(source, *size)
+        size = resolve_size(source, params.frames, params.height, params.width)
         if source.kind == "random":
             unet_device = torch.device("cpu") if stage_unet_on_cpu else device
             components = random_components(source.path, device, dtype, encoders, unet_device)
