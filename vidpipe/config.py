@@ -38,6 +38,7 @@ class RunOptions:
     backend: str = "auto"
     stall_timeout_s: float = 300.0
     verbose: bool = False
+    load_timeout_s: float = 600.0
 
     def __post_init__(self):
         if self.gpus is not None:
@@ -48,6 +49,8 @@ class RunOptions:
         _choice("--backend", self.backend, BACKEND_CHOICES)
         if self.stall_timeout_s <= 0:
             raise UsageError(f"--stall-timeout {self.stall_timeout_s}: must be a positive number of seconds")
+        if self.load_timeout_s <= 0:
+            raise UsageError(f"--load-timeout {self.load_timeout_s}: must be a positive number of seconds")
 
     def check_steps(self, steps: int, world_size: int | None = None) -> None:
         """The step pipeline gives every rank a non-empty block of steps."""
@@ -205,17 +208,19 @@ class MachineOptions:
     dtype: str = "auto"
     backend: str = "auto"
     stall_timeout_s: float = 300.0
+    load_timeout_s: float = 600.0
     offline: bool = False
     cache_dir: str | None = None
     json_path: str | None = None  # "-" = stdout
 
     def check_machine(self) -> None:
-        RunOptions(None, "dp", self.device, self.dtype, self.backend, self.stall_timeout_s)  # the same checks
+        self.run_options("dp", 1)  # the same checks
         if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
             raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
 
     def run_options(self, strategy: str, gpus: int, verbose: bool = False) -> RunOptions:
-        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, verbose)
+        return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, verbose,
+                          self.load_timeout_s)
 
 
 @dataclass(frozen=True)

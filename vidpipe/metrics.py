@@ -37,17 +37,19 @@ class RankRecord:
     threads: int = 1
     unet_param_bytes: int = 0  # the denoiser's parameters held by this rank (its shards under fsdp)
     comm_measured: bool = True  # False where communication overlaps compute unseen (fsdp's all-gathers)
+    startup_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds after the command's launch
 
 
 class StepRecorder:
     """Times every denoising step of the measured run on one rank and reports progress as it goes."""
 
-    def __init__(self, device: torch.device, events: EventSink, rank: int):
+    def __init__(self, device: torch.device, events: EventSink, rank: int, stage_times: dict | None = None):
         self.device = device
         self.events = events
         self.record = RankRecord(rank=rank, threads=torch.get_num_threads())
         self.t0 = time.perf_counter()
         self.fault_step = fault_for(rank)
+        self.stage_times = stage_times if stage_times is not None else {}
 
     def start_clock(self) -> None:
         self._sync()
@@ -70,6 +72,7 @@ class StepRecorder:
         def on_step(step: int) -> None:
             nonlocal last
             end = self.now()
+            self.stage_times.setdefault("first_step", time.time())
             self.record.steps.append((sample.index, step, last, end))
             self.events.emit(
                 StepDone(rank, sample=sample.index, step=step, seconds=end - last,
@@ -107,6 +110,13 @@ def mark_memory(device: torch.device, record: RankRecord, phase: str) -> None:
         # NOTE: RSS peaks cannot be reset: on CPU each phase shows the process's peak so far.
         record.memory_kind = "cpu_peak_rss"
         record.peak_memory_bytes[phase] = peak_rss_bytes()
+
+
+def startup_seconds(stage_times: dict[str, float]) -> dict[str, float]:
+    """Wall times of start-up stages -> seconds after launch, in the order they happened."""
+    launched = stage_times.get("launched", 0.0)
+    return {stage: round(at - launched, 4) for stage, at in sorted(stage_times.items(), key=lambda kv: kv[1])
+            if stage != "launched"}
 
 
 def param_bytes(module: torch.nn.Module | None) -> int:
@@ -187,4 +197,7 @@ def summarize(
         "peak_memory_gb_per_rank_by_phase": peak_by_phase,
         "peak_memory_kind": records[0].memory_kind if records else None,
         "threads_per_rank": [r.threads for r in records],
+        # Start-up (design §7 extended): seconds from the command's launch to each stage of each rank.
+        "startup_s_per_rank": [r.startup_s for r in records],
+        "launch_to_first_step_s": max((r.startup_s.get("first_step", 0.0) for r in records), default=None),
     }

@@ -7,8 +7,20 @@ from typing import Annotated
 
 import typer
 
-from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, Offline, Seed, StallTimeout, Verbose, WarmupSamples
+from vidpipe.cli.options import (
+    Backend,
+    CacheDir,
+    Device,
+    Dtype,
+    LoadTimeout,
+    Offline,
+    Seed,
+    StallTimeout,
+    Verbose,
+    WarmupSamples,
+)
 from vidpipe.config import COMPARE_CHOICES, BenchConfig, parse_int_list, parse_list
+from vidpipe.runtime.forkserver import start_worker_server
 
 
 def bench(
@@ -44,6 +56,7 @@ def bench(
     plot_dir: Annotated[Path | None, typer.Option(
         "--plot", help="Write PNG plots here: throughput, latency, scaling efficiency, peak memory vs GPUs.")] = None,
     stall_timeout: StallTimeout = 300.0,
+    load_timeout: LoadTimeout = 600.0,
     verbose: Verbose = False,
 ) -> None:
     """Measure strategies side by side: latency, throughput, speed-up, scaling efficiency, peak memory.
@@ -55,6 +68,7 @@ def bench(
 
         vidpipe bench --model tiny --compare diffusers,pp,dp,fsdp --gpus 1,2 --samples 4 --device cpu
     """
+    start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.bench import bench as run_bench
 
     config = BenchConfig(
@@ -62,7 +76,7 @@ def bench(
         samples=samples, warmup_samples=warmup_samples, repeats=repeats, steps=steps,
         latent_shape=latent_shape or BenchConfig.latent_shape, frames=frames, height=height, width=width,
         step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,
-        backend=backend, stall_timeout_s=stall_timeout, offline=offline,
+        backend=backend, stall_timeout_s=stall_timeout, load_timeout_s=load_timeout, offline=offline,
         cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
         csv_path=str(csv_path) if csv_path else None, plot_dir=str(plot_dir) if plot_dir else None, verbose=verbose,
     )

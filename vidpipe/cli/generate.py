@@ -14,6 +14,7 @@ from vidpipe.cli.options import (
     Dtype,
     Gpus,
     JsonPath,
+    LoadTimeout,
     Offline,
     Seed,
     StallTimeout,
@@ -22,6 +23,7 @@ from vidpipe.cli.options import (
     WarmupSamples,
 )
 from vidpipe.config import GenerateConfig, RunOptions
+from vidpipe.runtime.forkserver import start_worker_server
 
 
 def generate(
@@ -62,6 +64,7 @@ def generate(
     resume: Annotated[bool, typer.Option(help="Skip samples whose output files are all there already.")] = False,
     warmup_samples: WarmupSamples = 0,
     stall_timeout: StallTimeout = 300.0,
+    load_timeout: LoadTimeout = 600.0,
     verbose: Verbose = False,
 ) -> None:
     """Turn image(s) into videos. Example: vidpipe generate photo.png --gpus 4 --samples 4
@@ -69,10 +72,11 @@ def generate(
     Phase 1 diffuses every sample (pp: each rank runs a block of steps; dp: whole samples per rank);
     phase 2 frees the UNet and decodes in fp32, chunk by chunk, writing each video as soon as it exists.
     """
+    start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.generate import generate as run_generate
     from vidpipe.media import parse_formats
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout)
     config = GenerateConfig(
         run, tuple(str(p) for p in images), model, samples, seed, steps, frames, height, width, fps,
         motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
-from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, Offline, StallTimeout
+from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, LoadTimeout, Offline, StallTimeout
 from vidpipe.config import STRATEGY_NAMES, MemoryProbeConfig, parse_int_list, parse_list, parse_sizes
+from vidpipe.runtime.forkserver import start_worker_server
 
 
 def memory_probe(
@@ -36,6 +37,7 @@ def memory_probe(
     cache_dir: CacheDir = None,
     json_path: Annotated[str | None, typer.Option("--json", help="Write the results here (- = stdout).")] = None,
     stall_timeout: StallTimeout = 300.0,
+    load_timeout: LoadTimeout = 600.0,
 ) -> None:
     """What fits where: parameter bytes and peak memory per rank, per phase, per strategy and GPU count.
 
@@ -50,6 +52,7 @@ def memory_probe(
 
         vidpipe memory-probe --strategy fsdp --gpus 2 --search frames
     """
+    start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.memory_probe import memory_probe as run_probe
 
     run_probe(MemoryProbeConfig(
@@ -57,6 +60,6 @@ def memory_probe(
         gpus=parse_int_list("--gpus", gpus), frames=parse_int_list("--frames", frames) if frames else (None,),
         sizes=parse_sizes("--size", size) if size else (None,), budget_gb=budget_gb, search=search,
         search_limit=search_limit, decode_chunk_size=decode_chunk_size, device=device, dtype=dtype,
-        backend=backend, stall_timeout_s=stall_timeout, offline=offline,
+        backend=backend, stall_timeout_s=stall_timeout, load_timeout_s=load_timeout, offline=offline,
         cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
     ))

@@ -27,7 +27,13 @@ JsonPath = Annotated[str | None, typer.Option("--json", help="Write the JSON rep
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="Log every step of every rank.")]
 StallTimeout = Annotated[
     float,
-    typer.Option("--stall-timeout", help="Stop the run when no rank reports progress for this many seconds."),
+    typer.Option("--stall-timeout", help="Stop the run when a rank stops responding, or no rank makes progress, "
+                                         "for this many seconds (start-up included)."),
+]
+LoadTimeout = Annotated[
+    float,
+    typer.Option("--load-timeout", help="Seconds a rank may spend loading (or building) the model before the "
+                                        "run is declared stalled."),
 ]
 Offline = Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")]

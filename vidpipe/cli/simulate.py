@@ -12,6 +12,7 @@ from vidpipe.cli.options import (
     Dtype,
     Gpus,
     JsonPath,
+    LoadTimeout,
     Seed,
     StallTimeout,
     Steps,
@@ -20,6 +21,7 @@ from vidpipe.cli.options import (
     WarmupSamples,
 )
 from vidpipe.config import RunOptions, SimulateConfig
+from vidpipe.runtime.forkserver import SIMULATE_PRELOAD, start_worker_server
 
 
 def simulate(
@@ -42,6 +44,7 @@ def simulate(
     seed: Seed = 0,
     json_path: JsonPath = None,
     stall_timeout: StallTimeout = 300.0,
+    load_timeout: LoadTimeout = 600.0,
     verbose: Verbose = False,
 ) -> None:
     """Run a strategy (pp, dp or fsdp) with the stand-in UNet and measure it.
@@ -50,7 +53,8 @@ def simulate(
 
         vidpipe simulate --gpus 7 --strategy pp --steps 28 --samples 28 --step-ms 20 --json r7.json
     """
+    start_worker_server(SIMULATE_PRELOAD)  # imports for the ranks, on another core, while we go on
     from vidpipe.jobs.simulate import simulate as run_simulate
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout)
     run_simulate(SimulateConfig(run, steps, samples, warmup_samples, latent_shape, step_ms, seed, json_path))

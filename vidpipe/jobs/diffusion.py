@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from itertools import cycle, islice
 from types import ModuleType
 
 import torch.distributed as dist
 
-from vidpipe.metrics import RankRecord, StepRecorder, param_bytes
+from vidpipe.metrics import RankRecord, StepRecorder, param_bytes, startup_seconds
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
@@ -40,12 +41,14 @@ def run_diffusion(
     events: EventSink,
 ) -> tuple[dict, RankRecord]:
     """Returns this rank's final latents {index: CPU tensor} and its measured record."""
+    ctx.stage_times["loaded"] = time.time()
     strategy.prepare(ctx, model)
     if warmup > 0:
         events.emit(PhaseStarted(ctx.rank, phase="warmup"))
-        strategy.run(ctx, model, warmup_samples(samples, warmup), StepRecorder(ctx.device, events, ctx.rank))
+        strategy.run(ctx, model, warmup_samples(samples, warmup),
+                     StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times))
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
-    recorder = StepRecorder(ctx.device, events, ctx.rank)
+    recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
     recorder.record.unet_param_bytes = param_bytes(model.unet)
     recorder.mark_memory("load")
     ctx.barrier()
@@ -53,6 +56,7 @@ def run_diffusion(
     recorder.start_clock()
     finals = strategy.run(ctx, model, samples, recorder)
     recorder.mark_memory("diffuse")
+    recorder.record.startup_s = startup_seconds(ctx.stage_times)
     return finals, recorder.record
 
 

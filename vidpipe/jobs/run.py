@@ -37,7 +37,8 @@ def place(run: RunOptions, steps: int, default_gpus: int) -> Placement:
     backend = resolve_backend(run.backend, device_type)
     dtype = resolve_dtype(run.dtype, device_type)
     draws = not torchrun or int(os.environ.get("LOCAL_RANK", "0")) == 0
-    return Placement(LaunchSpec(world_size, device_type, backend, run.stall_timeout_s), dtype, torchrun, draws)
+    spec = LaunchSpec(world_size, device_type, backend, run.stall_timeout_s, run.load_timeout_s)
+    return Placement(spec, dtype, torchrun, draws)
 
 
 def run_with_display(

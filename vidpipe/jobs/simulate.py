@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -25,6 +26,7 @@ from vidpipe.report import (
 from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
+from vidpipe.runtime.forkserver import SIMULATE_PRELOAD
 from vidpipe.strategies.registry import get_strategy
 from vidpipe.verify import compare_finals
 
@@ -48,6 +50,7 @@ def samples_of(config: SimulateConfig) -> list[Sample]:
 class SimulateJob:
     config: SimulateConfig
     dtype: str  # resolved: fp32 | fp16 | bf16
+    preload: ClassVar[tuple[str, ...]] = SIMULATE_PRELOAD
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))

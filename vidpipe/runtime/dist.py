@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -25,6 +26,7 @@ class RankSetup:
     store_host: str | None = None  # None: torchrun's env:// rendezvous
     store_port: int | None = None
     timeout_s: float = 1800.0
+    launched_at: float = 0.0  # wall time the command started (start-up figures are measured from it)
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class DistContext:
     local_rank: int
     device: torch.device
     backend: str
+    #: Wall times of this rank's start-up stages ("launched", "started", "joined"); jobs add "loaded" and
+    #: "first_step". Reported as seconds after launch (`metrics.startup_seconds`).
+    stage_times: dict[str, float] = field(default_factory=dict, compare=False)
 
     @property
     def is_first(self) -> bool:
@@ -57,8 +62,9 @@ class DistContext:
             dist.barrier()
 
 
-def join(setup: RankSetup) -> DistContext:
+def join(setup: RankSetup, started_at: float | None = None) -> DistContext:
     """Pin the device, share out the CPU, create the process group. Pair with `leave` in a `finally`."""
+    stage_times = {"launched": setup.launched_at or time.time(), "started": started_at or time.time()}
     if setup.device_type == "cuda":
         device = torch.device("cuda", setup.local_rank)
         torch.cuda.set_device(device)
@@ -77,7 +83,8 @@ def join(setup: RankSetup) -> DistContext:
         )
     else:
         dist.init_process_group(setup.backend, timeout=timeout)  # env:// from torchrun
-    return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend)
+    stage_times["joined"] = time.time()
+    return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend, stage_times)
 
 
 def leave() -> None:
@@ -96,4 +103,12 @@ def torchrun_setup(device_type: str, backend: str) -> RankSetup | None:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
         device_type=device_type,
         backend=backend,
+        launched_at=process_start_time(),
     )
+
+
+def process_start_time() -> float:
+    """Wall time this process started: under torchrun, the closest thing to the command's launch."""
+    import psutil
+
+    return psutil.Process().create_time()

@@ -10,11 +10,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Seconds between two heartbeats of a worker.
+HEARTBEAT_S = 1.0
+
 
 @dataclass(frozen=True)
 class Event:
     rank: int
     wall_time: float = field(default_factory=time.time, compare=False)
+
+
+@dataclass(frozen=True)
+class Heartbeat(Event):
+    """Sent every `HEARTBEAT_S` by a thread of each worker while its process runs (not while it is stopped)."""
+
+
+@dataclass(frozen=True)
+class StageReached(Event):
+    """A start-up stage: "started" (forked, imports done), "joined" (process group up)."""
+
+    stage: str = ""
 
 
 @dataclass(frozen=True)

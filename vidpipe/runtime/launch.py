@@ -1,5 +1,6 @@
-"""Start the ranks and supervise them: spawn W workers (or, under torchrun, be one), relay their events to
-the parent's display, and stop everything cleanly when a rank fails, dies, stalls, or the user interrupts."""
+"""Start the ranks and supervise them: fork W workers from the worker server (or, under torchrun, be one), relay
+their events to the parent's display, and stop everything cleanly when a rank fails, dies, stalls, or the user
+interrupts."""
 
 from __future__ import annotations
 
@@ -12,20 +13,18 @@ from dataclasses import dataclass
 
 import psutil
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from vidpipe.errors import Interrupted, RankFailed
-from vidpipe.runtime.dist import RankSetup, torchrun_setup
-from vidpipe.runtime.events import Event, EventSink, RunFinished, WorkerError
+from vidpipe.runtime.dist import RankSetup, process_start_time, torchrun_setup
+from vidpipe.runtime.events import Event, EventSink, Heartbeat, RunFinished, WorkerError
+from vidpipe.runtime.forkserver import CONTEXT, DEFAULT_PRELOAD, start_worker_server
+from vidpipe.runtime.watchdog import Watchdog
 from vidpipe.runtime.worker import from_bytes, run_rank, worker_entry
 
 #: How long a worker gets to exit after SIGTERM before it is SIGKILLed.
 TERMINATE_GRACE_S = 3.0
 #: How long a finished run waits for its workers to exit by themselves.
 WORKER_EXIT_WAIT_S = 15.0
-#: Silence allowed before any rank has reported at all: starting Python and importing torch and diffusers
-#: takes seconds per rank on a loaded machine, and says nothing about a stuck run.
-STARTUP_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -34,6 +33,7 @@ class LaunchSpec:
     device_type: str
     backend: str
     stall_timeout_s: float
+    load_timeout_s: float = 600.0
 
 
 def under_torchrun() -> bool:
@@ -55,8 +55,10 @@ def _run_as_torchrun_rank(setup: RankSetup, job, on_event):
 
 
 def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
-    context = mp.get_context("spawn")
-    events = context.Queue()
+    # The modules this job's ranks need, imported once by the server (a no-op if the command started it already).
+    start_worker_server(getattr(job, "preload", DEFAULT_PRELOAD))
+    launched_at = process_start_time()
+    events = CONTEXT.Queue()
     # NOTE: port 0 lets the OS pick a free port and the parent keeps the listening socket: no race between
     # choosing a port and binding it, so several vidpipe runs can start at the same moment.
     store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
@@ -65,11 +67,12 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
     try:
         for rank in range(spec.world_size):
             setup = RankSetup(rank, spec.world_size, rank, spec.world_size, spec.device_type, spec.backend,
-                              "127.0.0.1", store.port)
-            process = context.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
+                              "127.0.0.1", store.port, launched_at=launched_at)
+            process = CONTEXT.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
             process.start()
             workers.append(process)
-        result = _supervise(workers, events, spec.stall_timeout_s, on_event)
+        watchdog = Watchdog(spec.world_size, spec.stall_timeout_s, spec.load_timeout_s, time.monotonic())
+        result = _supervise(workers, events, watchdog, on_event)
         # Success: every rank is past its work; let them exit on their own before anything is stopped.
         for worker in workers:
             worker.join(timeout=WORKER_EXIT_WAIT_S)
@@ -81,25 +84,30 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
         del store  # closes the rendezvous port
 
 
-def _supervise(workers, events, stall_timeout_s: float, on_event):
-    last_event_at = {rank: time.monotonic() for rank in range(len(workers))}
-    started = False
+def _supervise(workers, events, watchdog: Watchdog, on_event):
+    next_check = 0.0
     while True:
         try:
             event = events.get(timeout=0.1)
         except queue_module.Empty:
             event = None
+        now = time.monotonic()
         if event is not None:
-            started = True
-            last_event_at[event.rank] = time.monotonic()
+            watchdog.on_event(event, now)
             if isinstance(event, WorkerError):
                 raise _root_cause(workers, event)
             if isinstance(event, RunFinished):
                 return from_bytes(event.result)
-            on_event(event)
-            continue
-        _check_exits(workers, events)
-        _check_stall(last_event_at, stall_timeout_s if started else max(stall_timeout_s, STARTUP_TIMEOUT_S))
+            if not isinstance(event, Heartbeat):
+                on_event(event)
+        # NOTE: checked on a clock, not only when the queue is idle: a busy run (many ranks' heartbeats and
+        # steps) must still notice the one rank that has fallen silent.
+        if now >= next_check:
+            next_check = now + 0.1
+            _check_exits(workers, events)
+            reason = watchdog.check(now)
+            if reason is not None:
+                raise RankFailed(reason)
 
 
 def _short(message: str, limit: int = 300) -> str:
@@ -126,28 +134,17 @@ def _check_exits(workers, events) -> None:
     for rank, process in enumerate(workers):
         if process.exitcode is None or process.exitcode == 0:
             continue
-        # The rank may have reported its error just before exiting: prefer that message.
-        try:
-            while True:
-                event = events.get(timeout=0.5)
-                if isinstance(event, WorkerError):
-                    raise _root_cause(workers, event)
-        except queue_module.Empty:
-            pass
+        # The rank may have reported its error just before exiting: prefer that message. NOTE: bounded by a
+        # deadline, not by the queue falling idle: the other ranks keep it busy with steps and heartbeats.
+        deadline = time.monotonic() + 0.5
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                event = events.get(timeout=left)
+            except queue_module.Empty:
+                break
+            if isinstance(event, WorkerError):
+                raise _root_cause(workers, event)
         raise RankFailed(f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped")
-
-
-def _check_stall(last_event_at: dict[int, float], stall_timeout_s: float) -> None:
-    now = time.monotonic()
-    # A rank may wait quietly while others work (pipeline fill, the end of an uneven split): the run has
-    # stalled only when no rank at all has reported for the whole timeout.
-    if now - max(last_event_at.values()) < stall_timeout_s:
-        return
-    stuck = min(last_event_at, key=last_event_at.get)
-    raise RankFailed(
-        f"no progress from any rank for {stall_timeout_s:.0f} s; rank {stuck} has been silent longest "
-        f"({now - last_event_at[stuck]:.0f} s): stopped all ranks (raise --stall-timeout if steps are this slow)"
-    )
 
 
 def describe_exit(exitcode: int) -> str:

@@ -6,31 +6,58 @@ import ctypes
 import io
 import signal
 import sys
+import threading
+import time
 import traceback
 
 import torch
 
 from vidpipe.runtime.dist import RankSetup, join, leave
-from vidpipe.runtime.events import EventSink, RunFinished, WorkerError
+from vidpipe.runtime.events import HEARTBEAT_S, EventSink, Heartbeat, RunFinished, StageReached, WorkerError
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel SIGKILLs this worker if the parent dies, so no rank outlives a killed launcher."""
+def _die_with_parent(rank: int) -> None:
+    """Linux: the kernel SIGKILLs this worker if its parent (the worker server, which exits with the launcher)
+    dies, so no rank outlives a killed launcher. The process is named `vidpipe-rankN` for ps and top."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
+        pr_set_pdeathsig, pr_set_name = 1, 15
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        libc.prctl(pr_set_name, f"vidpipe-rank{rank}".encode()[:15])
     except OSError:
         pass
 
 
-def run_rank(setup: RankSetup, job, events: EventSink):
+def run_rank(setup: RankSetup, job, events: EventSink, started_at: float | None = None):
     """Join, run `job` on this rank, leave; returns the job's result (rank 0) or None."""
-    ctx = join(setup)
+    ctx = join(setup, started_at)
     try:
+        events.emit(StageReached(setup.rank, stage="joined"))
         return job.run(ctx, events)
     finally:
         leave()
+
+
+class HeartbeatThread:
+    """Tells the parent this process still runs, whatever its main thread waits on. A stopped (SIGSTOP) or
+    frozen process falls silent, so the parent can name it even while the other ranks go on working."""
+
+    def __init__(self, events: EventSink):
+        self._events = events
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="vidpipe-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2 * HEARTBEAT_S)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            self._events.emit(Heartbeat(self._events.rank))
 
 
 def to_bytes(result) -> bytes:
@@ -67,8 +94,9 @@ def _quiet_loading_bars() -> None:
 
 
 def worker_entry(setup: RankSetup, job, queue) -> None:
-    """Target of each spawned process. Errors become a `WorkerError` event naming this rank, then exit 1."""
-    _die_with_parent()
+    """Target of each rank's process. Errors become a `WorkerError` event naming this rank, then exit 1."""
+    started_at = time.time()
+    _die_with_parent(setup.rank)
     # NOTE: Ctrl-C reaches the whole foreground process group; the parent alone decides how ranks stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # SIGTERM from the parent unwinds Python (finally blocks remove temporary files); a rank stuck in C code
@@ -76,8 +104,10 @@ def worker_entry(setup: RankSetup, job, queue) -> None:
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     _quiet_loading_bars()
     events = EventSink(setup.rank, queue=queue)
+    events.emit(StageReached(setup.rank, stage="started"))
     try:
-        result = run_rank(setup, job, events)
+        with HeartbeatThread(events):
+            result = run_rank(setup, job, events, started_at)
         if setup.rank == 0:
             events.emit(RunFinished(0, result=to_bytes(result)))
     except BaseException as error:  # noqa: BLE001 - any failure must reach the parent

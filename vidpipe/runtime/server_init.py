@@ -1,0 +1,11 @@
+"""Imported first by the worker server (see `forkserver.py`), before torch, numpy or diffusers.
+
+numpy's bundled OpenBLAS starts a thread pool when it is imported; a process that forks while holding threads
+hands its children locks that nobody will release. Workers do their heavy maths in torch, which keeps its own
+thread pool (sized per rank after the fork), so numpy's BLAS gets the calling thread only. A user's own setting
+wins.
+"""
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
