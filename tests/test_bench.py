@@ -121,7 +121,7 @@ VALID = ["--compare", "pp", "--gpus", "1", "--steps", "4", *SMALL]
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--compare", "pp,xx"], "--compare 'xx'"),
+        (["--compare", "pp,xx"], "--compare xx: unknown axis 'xx'"),
         (["--gpus", ""], "--gpus '': empty list"),
         (["--gpus", ","], "--gpus ',': empty list"),
         (["--gpus", "0"], "--gpus 0: must be at least 1"),
@@ -140,10 +140,11 @@ def test_bench_usage_errors(capsys, args, expected):
     assert "Traceback" not in err
 
 
-def _run(strategy: str, world_size: int, throughput: float | None, num_samples: int = 4) -> dict:
+def _run(strategy: str, world_size: int, throughput: float | None, num_samples: int = 4,
+         latency: float = 1.0) -> dict:
     makespan = num_samples / throughput if throughput else 0.0
     return {"strategy": strategy, "world_size": world_size, "status": "ok", "num_samples": num_samples,
-            "throughput_samples_per_s": throughput, "makespan_s": makespan}
+            "throughput_samples_per_s": throughput, "makespan_s": makespan, "latency_mean_s": latency}
 
 
 def test_add_ratios_against_one_rank_and_the_baseline():
@@ -169,6 +170,18 @@ def test_add_ratios_against_one_rank_and_the_baseline():
     assert dp2["speedup_vs_baseline"] == pytest.approx(2.5)
     # runs that did not finish get no figures
     assert "speedup" not in skipped and "speedup" not in failed
+
+
+def test_latency_speedup_is_over_dp_on_one_gpu():
+    """One sample's latency: the 1-GPU dp run is the reference of every plan, whatever its own name."""
+    runs = [_run("cfg2", 2, 1.0, 1, latency=2.1), _run("dp", 1, 0.25, 1, latency=4.0), _run("dp", 2, 0.25, 1,
+            latency=4.0), _run("sp2", 2, 1.0, 1, latency=2.5)]
+    add_ratios(runs)
+    cfg2, dp1, dp2, sp2 = runs
+    assert dp1["latency_speedup"] == 1.0 and dp2["latency_speedup"] == 1.0
+    assert cfg2["latency_speedup"] == pytest.approx(4.0 / 2.1) and sp2["latency_speedup"] == pytest.approx(1.6)
+    assert cfg2["latency_reference"] == "dp x1"
+    assert cfg2["speedup"] is None  # no 1-rank cfg2 run: no throughput speed-up of its own
 
 
 def test_add_ratios_without_a_baseline():

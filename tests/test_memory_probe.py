@@ -67,7 +67,7 @@ def test_size_search_keeps_the_aspect_ratio_and_the_multiple():
     (["--search", "depth"], "--search 'depth': unknown; choose one of frames, size"),
     (["--size", "576x"], "--size '576x': not HEIGHTxWIDTH"),
     (["--size", "576by1024"], "--size '576by1024'"),
-    (["--strategy", "pp,zz"], "--strategy 'zz'"),
+    (["--strategy", "pp,zz"], "--strategy zz: unknown axis 'zz'"),
     (["--gpus", ","], "--gpus ',': empty list"),
     (["--frames", "0"], "--frames 0"),
     (["--budget-gb", "-1"], "--budget-gb -1"),

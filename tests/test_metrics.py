@@ -27,8 +27,8 @@ def test_latency_is_first_step_to_last_step_not_the_completion_interval():
 
 
 def test_data_parallel_ideal_is_the_busiest_rank():
-    assert dp.ideal_makespan(0.5, num_samples=5, total_steps=4, world_size=2) == 3 * 4 * 0.5
-    assert pp.ideal_makespan(1.0, num_samples=1, total_steps=30, world_size=7) == 30.0
+    assert dp.ideal_makespan(0.5, num_samples=5, total_steps=4, groups=2) == 3 * 4 * 0.5
+    assert pp.ideal_makespan(1.0, num_samples=1, total_steps=30, groups=7) == 30.0
 
 
 def test_one_sample_has_no_steady_interval():

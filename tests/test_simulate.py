@@ -62,7 +62,8 @@ def test_every_rank_count_gives_the_one_rank_latents(strategy):
     for world in (1, 4) if strategy == "pp" else (1, 2):
         config = SimulateConfig(RunOptions(world, strategy, "cpu"), steps=5, samples=5, warmup_samples=0,
                                 latent_shape=(1, 4, 2, 8, 8))
-        result = launch(SimulateJob(config, "fp32"), LaunchSpec(world, "cpu", "gloo", 120.0), lambda e: None)
+        job = SimulateJob(config, "fp32", config.run.plan(world))
+        result = launch(job, LaunchSpec(world, "cpu", "gloo", 120.0), lambda e: None)
         finals[world] = result["finals"]
     one, many = finals[1], finals[max(finals)]
     assert sorted(one) == sorted(many) == list(range(5))

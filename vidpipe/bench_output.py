@@ -14,9 +14,12 @@ from vidpipe.report import print_wide
 
 #: CSV columns, in order; lists (per-rank figures) are written space-separated.
 CSV_COLUMNS = (
-    "strategy", "world_size", "status", "reason", "verified", "verify_max_abs_diff", "first_sample_time_s",
-    "latency_mean_s", "latency_p50_s", "latency_max_s", "steady_interval_s", "throughput_samples_per_s",
+    "strategy", "plan", "world_size", "status", "reason", "verified", "verify_max_abs_diff", "first_sample_time_s",
+    "latency_mean_s", "latency_p50_s", "latency_max_s", "latency_speedup", "latency_reference",
+    "steady_interval_s", "throughput_samples_per_s",
     "time_per_sample_s", "makespan_s", "speedup", "scaling_efficiency", "speedup_vs_baseline", "efficiency",
+    "split_comm_bytes_per_step_per_rank", "split_comm_bytes_per_step_analytic", "split_comm_calls_per_step_per_rank",
+    "launch_to_first_step_s",
     "peak_memory_gb_per_rank", "peak_memory_kind", "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
     "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples", "repeats", "throughput_per_repeat",
 )
@@ -52,6 +55,12 @@ def _max(values) -> float | None:
     return max(present) if present else None
 
 
+def _kb(values) -> str:
+    """Bytes per step, max over ranks, in KB ('-' when nothing was sent: no cfg/sp)."""
+    top = _max(values)
+    return "-" if not top else f"{top / 1024:.0f}"
+
+
 def bench_table(summary: dict) -> Table:
     runs = summary["runs"]
     memory_kind = next((r["peak_memory_kind"] for r in runs if r.get("peak_memory_kind")), "cpu_peak_rss")
@@ -64,24 +73,30 @@ def bench_table(summary: dict) -> Table:
               f"{summary['num_samples']} samples, {summary['device_type']}",
         caption="first = pipeline fill; latency = one sample's first step -> last step (mean p50 max); "
                 "interval = between completions; samples/s = N / makespan (s/sample, its inverse, is in the "
-                "JSON/CSV); x1 = speed-up over the same strategy on 1 GPU, xbase = over diffusers; "
-                "scal = x1 / GPUs; eff = ideal / measured makespan; "
-                f"{memory} = peak per rank (max over ranks); comm = max over ranks",
+                "JSON/CSV); lat x1 = one sample's latency on the 1-GPU reference over this plan's; x1 = throughput "
+                "speed-up over the same strategy on 1 GPU, xbase = over diffusers; scal = x1 / GPUs; "
+                "eff = ideal / measured makespan; "
+                f"{memory} = peak per rank (max over ranks); comm = hand-off wait, max over ranks; KB/step = "
+                "what cfg/sp collectives sent per step from the busiest rank, measured / analytic",
     )
-    columns = ("strategy", "GPUs", "first s", "latency s", "interval s", "samples/s", "x1", "xbase",
-               "scal", "eff", memory, "comm s", "ok")
+    columns = ("strategy", "plan", "GPUs", "first s", "latency s", "lat x1", "interval s", "samples/s", "x1",
+               "xbase", "scal", "eff", memory, "comm s", "KB/step", "ok")
     rows = []
     for run in runs:
         if run["status"] != "ok":
-            rows.append((run["strategy"], str(run["world_size"]), run["status"]))
+            rows.append((run["strategy"], "", str(run["world_size"]), run["status"]))
             continue
         latency = " ".join(_num(run[k], 2) for k in ("latency_mean_s", "latency_p50_s", "latency_max_s"))
+        sent = _kb(run.get("split_comm_bytes_per_step_per_rank"))
+        if sent != "-" and run.get("split_comm_bytes_per_step_analytic"):
+            sent += f" / {_kb(run['split_comm_bytes_per_step_analytic'])}"
         rows.append((
-            run["strategy"], str(run["world_size"]), _num(run["first_sample_time_s"], 2), latency,
+            run["strategy"], run.get("plan", ""), str(run["world_size"]), _num(run["first_sample_time_s"], 2),
+            latency, _num(run.get("latency_speedup"), 2, "x"),
             _num(run["steady_interval_s"]), _num(run["throughput_samples_per_s"]),
             _num(run["speedup"], 2, "x"), _num(run["speedup_vs_baseline"], 2, "x"),
             _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2),
-            _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2),
+            _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2), sent,
             "yes" if run["verified"] else "NO",
         ))
     # NOTE: each column is as wide as its header and widest figure, so the natural width shows every figure.
@@ -92,7 +107,7 @@ def bench_table(summary: dict) -> Table:
         if len(row) == len(columns):
             table.add_row(*row, style=None if row[-1] == "yes" else "red")
         else:  # skipped or failed: the reason is listed under the table
-            table.add_row(*row[:2], f"[yellow]{row[2]}", *[""] * (len(columns) - 3))
+            table.add_row(*row[:3], f"[yellow]{row[3]}", *[""] * (len(columns) - 4))
     return table
 
 

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vidpipe.errors import UsageError
+from vidpipe.parallel.plan import AUTO, ParallelPlan, PlanSpec, parse_plan
 
-STRATEGY_NAMES = ("pp", "dp", "fsdp")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 BACKEND_CHOICES = ("auto", "gloo", "nccl")
@@ -32,7 +32,7 @@ class RunOptions:
     """How a job is spread over ranks; shared by every command that runs workers."""
 
     gpus: int | None = None  # None: torchrun's world size, else the command's default
-    strategy: str = "pp"
+    strategy: str = "pp"  # a plan (`parallel/plan.py`), or "auto" where the command allows it
     device: str = "auto"
     dtype: str = "auto"
     backend: str = "auto"
@@ -43,7 +43,10 @@ class RunOptions:
     def __post_init__(self):
         if self.gpus is not None:
             _at_least("--gpus", self.gpus, 1, "vidpipe needs at least one rank")
-        _choice("--strategy", self.strategy, STRATEGY_NAMES)
+        if self.strategy != AUTO:
+            spec = parse_plan(self.strategy)
+            if self.gpus is not None:
+                spec.resolve(self.gpus)
         _choice("--device", self.device, DEVICE_CHOICES)
         _choice("--dtype", self.dtype, DTYPE_CHOICES)
         _choice("--backend", self.backend, BACKEND_CHOICES)
@@ -52,15 +55,26 @@ class RunOptions:
         if self.load_timeout_s <= 0:
             raise UsageError(f"--load-timeout {self.load_timeout_s}: must be a positive number of seconds")
 
-    def check_steps(self, steps: int, world_size: int | None = None) -> None:
-        """The step pipeline gives every rank a non-empty block of steps."""
-        ranks = world_size or self.gpus or 1
-        if self.strategy == "pp" and steps < ranks:
-            raise UsageError(
-                f"--steps {steps} --gpus {ranks}: the step pipeline needs at least one step per rank "
-                f"({steps} < {ranks}); use --steps {ranks} or more, --gpus {steps} or fewer, "
-                f"or --strategy dp"
-            )
+    @property
+    def plan_spec(self) -> PlanSpec:
+        return parse_plan(self.strategy)
+
+    def plan(self, world_size: int) -> ParallelPlan:
+        """The plan on `world_size` ranks (UsageError with the arithmetic when it does not fit)."""
+        return self.plan_spec.resolve(world_size)
+
+    def check_plan(self, steps: int, frames: int | None = None, guidance: bool = True) -> None:
+        """What can be checked before the world size is known (--gpus given, or the plan's own degrees)."""
+        if self.strategy == AUTO:
+            return
+        spec = self.plan_spec
+        if self.gpus is not None:
+            self.plan(self.gpus).check_job(steps, frames, guidance)
+            return
+        degrees = spec.degrees
+        known = ParallelPlan(spec.sample_axis, degrees.get(spec.sample_axis) or 1, degrees.get("cfg") or 1,
+                             degrees.get("sp") or 1)
+        known.check_job(steps, frames, guidance)
 
 
 @dataclass(frozen=True)
@@ -90,7 +104,10 @@ class SimulateConfig:
             raise UsageError(
                 f"--latent-shape {' '.join(map(str, self.latent_shape))}: every size must be at least 1"
             )
-        self.run.check_steps(self.steps)
+        if self.run.strategy == AUTO:
+            raise UsageError("--strategy auto chooses a plan for SVD jobs (generate); simulate takes a plan, "
+                             "e.g. pp, dp, cfg2, sp2")
+        self.run.check_plan(self.steps, self.latent_shape[2])
         if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
             raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
 
@@ -150,16 +167,15 @@ class GenerateConfig:
         _at_least("--warmup-samples", self.warmup_samples, 0)
         if self.resume and self.overwrite:
             raise UsageError("--resume keeps finished outputs, --overwrite replaces them: choose one")
-        self.run.check_steps(self.steps)
+        self.run.check_plan(self.steps, self.frames, self.max_guidance > 1)
 
     @property
     def num_samples(self) -> int:
         return len(self.images) * self.samples
 
 
-#: What `bench --compare` accepts: the strategies, and the stock pipeline as the baseline row.
+#: `bench --compare` takes plans, and the stock pipeline as the baseline row.
 BASELINE = "diffusers"
-COMPARE_CHOICES = (*STRATEGY_NAMES, BASELINE)
 
 
 def parse_list(flag: str, text: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -248,8 +264,10 @@ class BenchConfig(MachineOptions):
     def __post_init__(self):
         if not self.compare:
             raise UsageError("--compare: empty list; e.g. --compare pp,dp,fsdp")
-        for name in self.compare:
-            _choice("--compare", name, COMPARE_CHOICES)
+        for name in self.strategies:
+            if name == AUTO:
+                raise UsageError("--compare auto: bench compares named plans; give them, e.g. dp,cfg2,sp2")
+            parse_plan(name, "--compare")
         if not self.gpus:
             raise UsageError("--gpus: empty list; e.g. --gpus 1,2,4")
         for count in self.gpus:
@@ -318,7 +336,7 @@ class MemoryProbeConfig(MachineOptions):
             raise UsageError("--model dummy has no weights to measure: use tiny, svd-xt-random, svd-xt, a hub id "
                              "or a folder")
         for name in self.strategies:
-            _choice("--strategy", name, STRATEGY_NAMES)
+            parse_plan(name)
         for count in self.gpus:
             _at_least("--gpus", count, 1, "vidpipe needs at least one rank")
         for frames in self.frames:

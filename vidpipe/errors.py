@@ -14,9 +14,13 @@ class UsageError(VidpipeError):
 
 
 class RankFailed(VidpipeError):
-    """A worker raised, died or stalled; the message names the rank."""
+    """A worker raised, died or stalled; the message names the rank (`details`: the worker's traceback)."""
 
     exit_code = 1
+
+    def __init__(self, message: str, details: str = ""):
+        super().__init__(message)
+        self.details = details
 
 
 class Interrupted(VidpipeError):

@@ -38,6 +38,10 @@ class RankRecord:
     unet_param_bytes: int = 0  # the denoiser's parameters held by this rank (its shards under fsdp)
     comm_measured: bool = True  # False where communication overlaps compute unseen (fsdp's all-gathers)
     startup_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds after the command's launch
+    # What the collectives splitting one sample's step (cfg, sp) sent from this rank in the measured run.
+    split_comm_bytes: int = 0
+    split_comm_calls: int = 0
+    split_comm_s: float = 0.0
 
 
 class StepRecorder:
@@ -197,6 +201,12 @@ def summarize(
         "peak_memory_gb_per_rank_by_phase": peak_by_phase,
         "peak_memory_kind": records[0].memory_kind if records else None,
         "threads_per_rank": [r.threads for r in records],
+        # cfg/sp collectives inside each step (hand-offs are in comm_s_per_rank): measured bytes this rank sent.
+        "split_comm_bytes_per_step_per_rank": [
+            round(r.split_comm_bytes / len(r.steps)) if r.steps else 0 for r in records],
+        "split_comm_calls_per_step_per_rank": [
+            round(r.split_comm_calls / len(r.steps), 2) if r.steps else 0 for r in records],
+        "split_comm_s_per_rank": [round(r.split_comm_s, 4) for r in records],
         # Start-up (design §7 extended): seconds from the command's launch to each stage of each rank.
         "startup_s_per_rank": [r.startup_s for r in records],
         "launch_to_first_step_s": max((r.startup_s.get("first_step", 0.0) for r in records), default=None),

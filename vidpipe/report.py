@@ -14,8 +14,9 @@ from rich.table import Table
 from vidpipe import __version__, media
 from vidpipe.config import BASELINE
 from vidpipe.metrics import RankRecord, summarize
-from vidpipe.strategies.registry import get_strategy
-from vidpipe.strategies.schedule import block_sizes, describe_blocks
+from vidpipe.parallel.plan import ParallelPlan
+from vidpipe.strategies.registry import scheduler_for
+from vidpipe.strategies.schedule import describe_blocks
 
 #: Logs, progress and tables go to stderr; stdout is kept for results (`--json -`).
 stderr_console = Console(stderr=True)
@@ -34,17 +35,36 @@ def versions() -> dict:
     }
 
 
-def step_assignment(strategy: str, total_steps: int, world_size: int) -> dict:
+def step_assignment(strategy: str, plan: ParallelPlan, total_steps: int) -> dict:
+    """Steps each rank runs, and one sentence on how the plan maps work onto ranks."""
     if strategy == BASELINE:
         return {"steps_per_rank": [total_steps], "step_assignment": "the stock diffusers pipeline, one device"}
-    if strategy == "pp":
-        sizes = block_sizes(total_steps, world_size)
-        return {"steps_per_rank": sizes, "step_assignment": describe_blocks(total_steps, world_size)}
-    if strategy == "fsdp":
-        how = f"every rank runs all {total_steps} steps of every sample in lockstep, with 1/{world_size} of the UNet"
-    else:
+    scheduler = scheduler_for(plan)
+    per_rank = [len(scheduler.steps_of_group(total_steps, plan.groups, rank // plan.group_size))
+                for rank in range(plan.world_size)]
+    unit = "rank" if plan.group_size == 1 else "stage"
+    if plan.sample_axis == "pp":
+        how = describe_blocks(total_steps, plan.groups, unit)
+    elif plan.group_size == 1:
         how = f"every rank runs all {total_steps} steps of its own samples"
-    return {"steps_per_rank": [total_steps] * world_size, "step_assignment": how}
+    else:
+        how = f"each of {plan.groups} group(s) runs all {total_steps} steps of its own samples"
+    return {"steps_per_rank": per_rank, "step_assignment": how + group_description(plan)}
+
+
+def group_description(plan: ParallelPlan) -> str:
+    """How the ranks of one group share a sample ('' for groups of one rank)."""
+    if plan.group_size == 1:
+        return ""
+    if not plan.splits_sample:
+        return f"; each group of {plan.group_size} ranks runs every sample in lockstep with 1/{plan.shard} of the UNet"
+    splits = []
+    if plan.cfg > 1:
+        splits.append("the guidance batch (cfg2)")
+    if plan.sp > 1:
+        splits.append(f"the frames (sp{plan.sp})")
+    sharded = ", the UNet sharded over the group (fsdp)" if plan.fsdp else ""
+    return f"; each group of {plan.group_size} ranks splits every step of a sample: {' x '.join(splits)}{sharded}"
 
 
 def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> dict:
@@ -63,28 +83,31 @@ def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> d
 
 
 def run_report(
-    command: str, model: str, strategy_name: str, spec, dtype: str, total_steps: int, seeds: list[int],
-    warmup_samples: int, records: list[RankRecord], **details,
+    command: str, model: str, strategy_name: str, plan: ParallelPlan, spec, dtype: str, total_steps: int,
+    seeds: list[int], warmup_samples: int, records: list[RankRecord], **details,
 ) -> dict:
     """What every command's report starts with: the run's conditions, its schedule and the design-§7 figures.
 
+    `strategy_name` is the plan as the user wrote it (bench groups runs by it), `plan` the plan in full;
     `spec` is the run's `LaunchSpec`; `details` (shapes, model source, ...) go between the schedule and figures.
     """
-    # The baseline (the stock pipeline on one device) is scheduled as data parallel on one rank.
-    strategy = get_strategy("dp" if strategy_name == BASELINE else strategy_name)
+    scheduler = scheduler_for(plan)
     world_size = spec.world_size
     return {
         "command": command,
         "model": model,
         "strategy": strategy_name,
+        "plan": plan.name,
+        "plan_degrees": {"sample_axis": plan.sample_axis, "groups": plan.groups, "cfg": plan.cfg, "sp": plan.sp,
+                         "fsdp": plan.fsdp, "group_size": plan.group_size},
         **conditions(spec.device_type, spec.backend, dtype, world_size),
         "total_steps": total_steps,
-        **step_assignment(strategy_name, total_steps, world_size),
+        **step_assignment(strategy_name, plan, total_steps),
         "num_samples": len(seeds),
         "warmup_samples": warmup_samples,
         "seeds": list(seeds),
         **details,
-        **summarize(records, lambda step_s, n: strategy.ideal_makespan(step_s, n, total_steps, world_size)),
+        **summarize(records, lambda step_s, n: scheduler.ideal_makespan(step_s, n, total_steps, plan.groups)),
     }
 
 
@@ -122,16 +145,27 @@ def _fmt(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _fmt_bytes(value: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(value)
+
+
 def assignment_table(report: dict) -> Table:
-    table = Table(title=f"Step assignment ({report['strategy']}): {report['step_assignment']}")
+    table = Table(title=f"Step assignment ({report.get('plan', report['strategy'])}): {report['step_assignment']}")
     table.add_column("rank", justify="right")
+    table.add_column("group", justify="right")
     table.add_column("steps", justify="right")
     table.add_column("block")
+    degrees = report.get("plan_degrees") or {"sample_axis": "dp", "group_size": 1}
+    group_size, pipelined = degrees["group_size"], degrees["sample_axis"] == "pp"
     start = 0
     for rank, count in enumerate(report["steps_per_rank"]):
-        block = f"{start}..{start + count - 1}" if report["strategy"] == "pp" else "all"
-        table.add_row(str(rank), str(count), block)
-        if report["strategy"] == "pp":
+        block = f"{start}..{start + count - 1}" if pipelined else "all"
+        table.add_row(str(rank), str(rank // group_size), str(count), block)
+        if pipelined and rank % group_size == group_size - 1:
             start += count
     return table
 
@@ -146,7 +180,8 @@ def samples_table(report: dict) -> Table:
 
 
 def summary_table(report: dict) -> Table:
-    table = Table(title=f"Summary: {report['strategy']} on {report['world_size']} rank(s), {report['device']}")
+    table = Table(title=f"Summary: {report.get('plan', report['strategy'])} on {report['world_size']} rank(s), "
+                        f"{report['device']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
     memory_label = "peak RSS GB/rank" if report["peak_memory_kind"] == "cpu_peak_rss" else "peak GPU GB/rank"
@@ -162,10 +197,15 @@ def summary_table(report: dict) -> Table:
         ("ideal makespan s", _fmt(report["ideal_makespan_s"])),
         ("efficiency (ideal / measured)", _fmt(report["efficiency"])),
         ("busy fraction per rank", " ".join(_fmt(v, 2) for v in report["rank_busy_fraction"])),
-        ("comm s per rank", " ".join(_fmt(v, 3) for v in report["comm_s_per_rank"])),
+        ("comm s per rank (hand-offs)", " ".join(_fmt(v, 3) for v in report["comm_s_per_rank"])),
         (memory_label, " ".join(_fmt(v, 2) for v in report["peak_memory_gb_per_rank"])),
         ("backend / dtype", f"{report['backend']} / {report['dtype']}"),
     ]
+    if any(report.get("split_comm_bytes_per_step_per_rank") or []):
+        rows.insert(-2, ("cfg/sp bytes sent per step per rank", " ".join(
+            _fmt_bytes(v) for v in report["split_comm_bytes_per_step_per_rank"])))
+    if report.get("launch_to_first_step_s"):
+        rows.append(("launch -> every rank's first step s", _fmt(report["launch_to_first_step_s"], 2)))
     if "verified" in report:
         rows.append(("verified vs 1 rank", f"{report['verified']} ({report['verify_mode']})"))
     for name, value in rows:

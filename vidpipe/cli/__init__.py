@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     except VidpipeError as error:
         if debug:
             traceback.print_exc()
+            if getattr(error, "details", ""):
+                print(f"the failing rank's traceback:\n{error.details}", file=sys.stderr)
         _error(str(error))
         sys.exit(error.exit_code)
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ from vidpipe.cli.options import (
     Verbose,
     WarmupSamples,
 )
-from vidpipe.config import COMPARE_CHOICES, BenchConfig, parse_int_list, parse_list
+from vidpipe.config import BenchConfig, parse_int_list, parse_list
 from vidpipe.runtime.forkserver import start_worker_server
 
 
@@ -28,8 +28,9 @@ def bench(
         help="dummy (stand-in UNet, any machine), tiny (small random SVD), svd-xt-random (full-size architecture, "
              "random weights, no download), svd-xt, a hub id or a local diffusers folder.")] = "dummy",
     compare: Annotated[str, typer.Option(
-        help=f"Comma-separated: {', '.join(COMPARE_CHOICES)}. diffusers = the stock StableVideoDiffusionPipeline "
-             "on one device, the baseline (SVD models only).")] = "pp,dp,fsdp",
+        help="Comma-separated plans (pp, dp, fsdp, cfg2, sp2, dp2.cfg2, ...; see generate --help), and diffusers: "
+             "the stock StableVideoDiffusionPipeline on one device, the baseline (SVD models only). A plan that "
+             "does not fit a GPU count (cfg2 on 1) is skipped with the reason.")] = "pp,dp,fsdp",
     gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4,7.")] = "1,2",
     samples: Annotated[int, typer.Option(help="Measured samples per run (after warm-up).")] = 8,
     warmup_samples: WarmupSamples = 1,
@@ -67,12 +68,14 @@ def bench(
         vidpipe bench --model dummy --compare pp,dp,fsdp --gpus 1,2,4 --samples 12 --steps 28 --step-ms 20 --plot plots
 
         vidpipe bench --model tiny --compare diffusers,pp,dp,fsdp --gpus 1,2 --samples 4 --device cpu
+
+        vidpipe bench --model small --compare dp,cfg2,sp2 --gpus 1,2 --samples 1 --device cpu   (latency)
     """
     start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.bench import bench as run_bench
 
     config = BenchConfig(
-        model=model, compare=parse_list("--compare", compare, COMPARE_CHOICES), gpus=parse_int_list("--gpus", gpus),
+        model=model, compare=parse_list("--compare", compare), gpus=parse_int_list("--gpus", gpus),
         samples=samples, warmup_samples=warmup_samples, repeats=repeats, steps=steps,
         latent_shape=latent_shape or BenchConfig.latent_shape, frames=frames, height=height, width=width,
         step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,

@@ -8,17 +8,16 @@ from typing import Annotated
 import typer
 
 from vidpipe.cli.options import (
+    PLAN_HELP,
     Backend,
     CacheDir,
     Device,
     Dtype,
-    Gpus,
     JsonPath,
     LoadTimeout,
     Offline,
     Seed,
     StallTimeout,
-    Strategy,
     Verbose,
     WarmupSamples,
 )
@@ -32,8 +31,11 @@ def generate(
         help="Hub id, local diffusers directory, svd-xt, tiny (built-in tiny random model, CPU demos) or "
              "svd-xt-random (full-size architecture, random weights, no download).")
     ] = "stabilityai/stable-video-diffusion-img2vid-xt",
-    gpus: Gpus = None,
-    strategy: Strategy = "pp",
+    gpus: Annotated[int | None, typer.Option(
+        "--gpus", "-g", help="Ranks, one per GPU (default: every visible GPU; on CPU one process). Under "
+                             "torchrun: its ranks.")] = None,
+    strategy: Annotated[str, typer.Option(
+        help="auto (chooses from the job and the GPUs' memory, and says why) or " + PLAN_HELP)] = "auto",
     samples: Annotated[int, typer.Option(help="Videos per image; sample i of the run uses seed + i.")] = 1,
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
@@ -69,8 +71,9 @@ def generate(
 ) -> None:
     """Turn image(s) into videos. Example: vidpipe generate photo.png --gpus 4 --samples 4
 
-    Phase 1 diffuses every sample (pp: each rank runs a block of steps; dp: whole samples per rank);
-    phase 2 frees the UNet and decodes in fp32, chunk by chunk, writing each video as soon as it exists.
+    Phase 1 diffuses every sample under the plan (--strategy; auto by default: one video on many GPUs is split
+    by guidance batch and frames, many videos go to whole samples per group); phase 2 frees the UNet and
+    decodes in fp32, chunk by chunk (a single video's chunks spread over ranks), writing each video at once.
     """
     start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.generate import generate as run_generate

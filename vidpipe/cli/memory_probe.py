@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, LoadTimeout, Offline, StallTimeout
-from vidpipe.config import STRATEGY_NAMES, MemoryProbeConfig, parse_int_list, parse_list, parse_sizes
+from vidpipe.config import MemoryProbeConfig, parse_int_list, parse_list, parse_sizes
 from vidpipe.runtime.forkserver import start_worker_server
 
 
@@ -16,7 +16,7 @@ def memory_probe(
         help="svd-xt-random (full-size architecture, random weights, no download), tiny, svd-xt, a hub id or a "
              "local diffusers folder.")] = "svd-xt-random",
     strategy: Annotated[str, typer.Option(
-        help=f"Comma-separated strategies: {', '.join(STRATEGY_NAMES)}.")] = "pp,fsdp",
+        help="Comma-separated plans, e.g. pp,fsdp,cfg2,sp2,cfg2.sp2.fsdp (see generate --help).")] = "pp,fsdp",
     gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4.")] = "1,2",
     frames: Annotated[str | None, typer.Option(
         help="Comma-separated frame counts, e.g. 14,25 (default: the model's).")] = None,
@@ -56,7 +56,7 @@ def memory_probe(
     from vidpipe.jobs.memory_probe import memory_probe as run_probe
 
     run_probe(MemoryProbeConfig(
-        model=model, strategies=parse_list("--strategy", strategy, STRATEGY_NAMES),
+        model=model, strategies=parse_list("--strategy", strategy),
         gpus=parse_int_list("--gpus", gpus), frames=parse_int_list("--frames", frames) if frames else (None,),
         sizes=parse_sizes("--size", size) if size else (None,), budget_gb=budget_gb, search=search,
         search_limit=search_limit, decode_chunk_size=decode_chunk_size, device=device, dtype=dtype,

@@ -11,10 +11,13 @@ Gpus = Annotated[
     int | None,
     typer.Option("--gpus", "-g", help="Ranks: one per GPU (on CPU, one process each). Under torchrun: its ranks."),
 ]
-Strategy = Annotated[
-    str, typer.Option(help="pp = step pipeline (throughput), dp = data parallel (whole samples per rank), "
-                          "fsdp = UNet sharded over ranks (memory).")
-]
+PLAN_HELP = (
+    "A plan: axes joined by '.', each with an optional degree. Samples: pp (step pipeline: stages run blocks "
+    "of steps) or dp (groups run whole samples); one sample split inside a group: cfg2 (guidance batch), spK "
+    "(frames); fsdp (UNet parameters sharded). The sample axis takes the ranks left over: cfg2 on 8 GPUs = "
+    "dp4.cfg2. Examples: pp, dp, cfg2, sp2, cfg2.sp4, pp2.cfg2.sp2, fsdp, sp4.fsdp."
+)
+Strategy = Annotated[str, typer.Option(help=PLAN_HELP)]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda. auto = cuda when a GPU is visible.")]
 Dtype = Annotated[str, typer.Option(help="auto | fp32 | fp16 | bf16. auto = fp16 on CUDA, fp32 on CPU.")]
 Backend = Annotated[str, typer.Option(help="auto | gloo | nccl. auto = nccl on CUDA, gloo on CPU.")]

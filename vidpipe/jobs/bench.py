@@ -11,9 +11,10 @@ from vidpipe.config import BASELINE, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
+from vidpipe.parallel.cost import split_bytes_per_step
 from vidpipe.plots import bench_plots
 from vidpipe.report import run_report, stderr_console, write_json
-from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
+from vidpipe.runtime.devices import DTYPES, cuda_device_count, resolve_device_type
 from vidpipe.runtime.launch import under_torchrun
 from vidpipe.verify import compare_finals
 
@@ -26,11 +27,15 @@ def plan_runs(config: BenchConfig) -> list[tuple[str, int]]:
     return runs
 
 
-def skip_reason(config: BenchConfig, strategy: str, gpus: int, device_type: str) -> str | None:
+def skip_reason(config: BenchConfig, strategy: str, gpus: int, device_type: str, frames: int) -> str | None:
     if device_type == "cuda" and gpus > cuda_device_count():
         return f"{gpus} ranks need {gpus} GPUs; this machine has {cuda_device_count()}"
-    if strategy == "pp" and config.total_steps < gpus:
-        return f"the step pipeline needs at least one step per rank ({config.total_steps} steps < {gpus} ranks)"
+    if strategy == BASELINE:
+        return None if gpus == 1 else "the stock pipeline runs on one device"
+    try:
+        config.run_options(strategy, gpus).plan(gpus).check_job(config.total_steps, frames, guidance=True)
+    except UsageError as error:  # e.g. cfg2 on 1 rank, pp4 with 2 steps: not a failure, a plan that cannot be
+        return str(error).removeprefix("--strategy ")
     return None
 
 
@@ -54,23 +59,38 @@ class SvdBench:
     def shape(self) -> dict:
         return {"frames": self.size[0], "height": self.size[1], "width": self.size[2]}
 
+    def frames(self) -> int:
+        return self.size[0]
+
     def measure(self, strategy: str, gpus: int) -> dict:
         from vidpipe.jobs.diffuse_only import DiffuseJob, DiffusersBaselineJob
 
         config = self.config
         run = config.run_options("dp" if strategy == BASELINE else strategy, gpus)
-        placement = place(run, config.total_steps, default_gpus=gpus)
+        placement = place(run, config.total_steps, default_gpus=gpus, frames=self.size[0])
         if strategy == BASELINE:
             job = DiffusersBaselineJob(self.source, self.params, placement.dtype, self.samples, config.warmup_samples)
         else:
-            job = DiffuseJob(self.source, self.params, strategy, placement.dtype, self.samples, config.warmup_samples)
+            job = DiffuseJob(self.source, self.params, placement.plan, placement.dtype, self.samples,
+                             config.warmup_samples)
         result = run_with_display(job, placement, len(self.samples), config.verbose)
         report = run_report(
-            "bench", config.model, strategy, placement.spec, placement.dtype, config.total_steps,
+            "bench", config.model, strategy, placement.plan, placement.spec, placement.dtype, config.total_steps,
             [s.seed for s in self.samples], config.warmup_samples, result["records"], **self.shape(),
         )
         report.update(self._verify(f"{strategy} x{gpus}", result["finals"], placement))
+        report["split_comm_bytes_per_step_analytic"] = self.analytic_bytes(placement)
         return report
+
+    def analytic_bytes(self, placement) -> list[int]:
+        """`parallel/cost.py`'s figure for every rank (groups repeat), beside the measured one."""
+        from vidpipe.models.svd import _config, size_multiple
+
+        factor = size_multiple(self.source)[1]
+        per_group = split_bytes_per_step(
+            placement.plan, _config(self.source, "unet"), 2, self.size[0], self.size[1] // factor,
+            self.size[2] // factor, DTYPES[placement.dtype].itemsize)
+        return per_group * placement.plan.groups
 
     def _verify(self, name: str, finals: dict, placement) -> dict:
         """Against the first successful run (the baseline, or the 1-rank run): fp32 on CPU within 1e-4."""
@@ -92,6 +112,9 @@ class DummyBench:
     def shape(self) -> dict:
         return {"latent_shape": list(self.config.latent_shape), "step_ms": self.config.step_ms}
 
+    def frames(self) -> int:
+        return self.config.latent_shape[2]
+
     def measure(self, strategy: str, gpus: int) -> dict:
         from vidpipe.jobs.simulate import run_simulation
 
@@ -112,11 +135,20 @@ def _input_image(path: str | None, height: int, width: int):
 
 
 def add_ratios(runs: list[dict]) -> None:
-    """Speed-up over the same strategy on 1 rank and over the baseline, and scaling efficiency (speed-up / W).
-    All from throughput = samples / makespan, measured in this bench's own runs."""
+    """Speed-up over the same strategy on 1 rank and over the baseline, and scaling efficiency (speed-up / W),
+    all from throughput = samples / makespan; and latency speed-up: mean per-sample latency of the 1-GPU
+    reference (dp on 1 rank when measured, else the first 1-rank run) over this run's. All measured in this
+    bench's own runs."""
     done = [r for r in runs if r["status"] == "ok"]
     baseline = next((r for r in done if r["strategy"] == BASELINE), None)
+    one_gpu = [r for r in done if r["world_size"] == 1 and r["strategy"] != BASELINE]
+    latency_reference = next((r for r in one_gpu if r["strategy"] == "dp"), one_gpu[0] if one_gpu else baseline)
     for run in done:
+        reference_latency = latency_reference["latency_mean_s"] if latency_reference else None
+        run["latency_speedup"] = (reference_latency / run["latency_mean_s"]
+                                  if reference_latency and run["latency_mean_s"] else None)
+        run["latency_reference"] = (f"{latency_reference['strategy']} x{latency_reference['world_size']}"
+                                    if latency_reference else None)
         one = next((r for r in done if r["strategy"] == run["strategy"] and r["world_size"] == 1), None)
         throughput = run["throughput_samples_per_s"]
         run["time_per_sample_s"] = run["makespan_s"] / run["num_samples"] if run["num_samples"] else None
@@ -153,7 +185,7 @@ def bench(config: BenchConfig) -> dict:
             reports = measured[(strategy, gpus)]
             if reports and reports[-1]["status"] != "ok":  # skipped, or failed in an earlier repeat
                 continue
-            reason = skip_reason(config, strategy, gpus, device_type)
+            reason = skip_reason(config, strategy, gpus, device_type, runner.frames())
             if reason:
                 stderr_console.print(f"{label}: skipped: {reason}")
                 reports.append({"strategy": strategy, "world_size": gpus, "status": "skipped", "reason": reason})

@@ -1,50 +1,97 @@
 """Phase 2 on one rank: the UNet is gone; final latents are spread over the ranks, decoded in fp32 chunk by
-chunk, and each sample's files are written (atomically) as soon as its frames exist."""
+chunk, and each sample's files are written (atomically) as soon as its frames exist.
+
+With at least as many samples as ranks, each sample is decoded whole on one rank (round robin). With fewer, each
+sample's `--decode-chunk-size` chunks are split over several ranks: the pipeline decodes every chunk on its own
+(the temporal decoder sees that chunk's frames only), so a rank decoding chunks 2-3 computes exactly what one
+rank decoding all chunks would; the frames are then gathered to the sample's writer.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 
+import numpy as np
 import torch
+import torch.distributed as dist
 
 from vidpipe import media
 from vidpipe.models.base import Sample, TensorSpec
+from vidpipe.parallel.plan import chunk_ranges
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, FramesDecoded
-from vidpipe.strategies.handoff import recv_latent, send_latent
 
 
-def decoder_of(position: int, world_size: int) -> int:
-    """Decode work goes round robin, whoever holds the latents after phase 1."""
-    return position % world_size
+@dataclass(frozen=True)
+class DecodePart:
+    """Frames `frames` of one sample, decoded by `rank`."""
+
+    rank: int
+    frames: range
+
+
+@dataclass(frozen=True)
+class DecodeTask:
+    position: int
+    parts: tuple[DecodePart, ...]  # the first part (frames from 0) is decoded by the rank that writes the files
+
+    @property
+    def writer(self) -> int:
+        return self.parts[0].rank
+
+
+def plan_decode(num_samples: int, world_size: int, frames: int, chunk: int) -> list[DecodeTask]:
+    """Which rank decodes which frames of each sample (every rank computes the same plan)."""
+    tasks = []
+    for position in range(num_samples):
+        if num_samples >= world_size:
+            ranks = [position % world_size]
+        else:  # fewer samples than ranks: sample p gets ranks p, p + N, p + 2N, ...
+            ranks = list(range(position, world_size, num_samples))
+        ranges = chunk_ranges(frames, chunk, len(ranks))
+        tasks.append(DecodeTask(position, tuple(DecodePart(r, f) for r, f in zip(ranks, ranges, strict=False))))
+    return tasks
 
 
 def redistribute(
-    ctx: DistContext, strategy: ModuleType, samples: list[Sample], finals: dict, spec: TensorSpec
-) -> dict[int, torch.Tensor]:
-    """Move each sample's final latents from the rank that holds them to the rank that decodes them.
+    ctx: DistContext,
+    samples: list[Sample],
+    tasks: list[DecodeTask],
+    finals: dict,
+    owners: Callable[[int], list[int]],
+    spec: TensorSpec,
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Give each decoding rank the latents it needs, from a rank that holds them (`owners(position)`): the writer
+    gets the whole sample (it saves `--save-latents`), the other decoders only their frames.
 
-    Every rank walks the samples in the same order, so each blocking send meets its receive; a rank only ever
-    waits on the one rank that owns the latents it needs, so there is no cycle to deadlock on.
+    Returns {(sample index, first frame of the part): latents [1, frames, C, h, w] on CPU} for this rank's parts.
+    Every rank walks the same list in the same order, so each blocking send meets its receive: no cycle forms.
     """
-    mine: dict[int, torch.Tensor] = {}
-    for position, sample in enumerate(samples):
-        owner = strategy.owner_of(position, ctx.world_size)
-        decoder = decoder_of(position, ctx.world_size)
-        if ctx.rank == owner == decoder:
-            mine[sample.index] = finals[sample.index]
-        elif ctx.rank == owner:
-            send_latent(finals[sample.index].to(ctx.device, spec.dtype), decoder)
-        elif ctx.rank == decoder:
-            mine[sample.index] = recv_latent(spec, owner, ctx.device).to("cpu")
+    mine: dict[tuple[int, int], torch.Tensor] = {}
+    for task in tasks:
+        sample = samples[task.position]
+        holders = owners(task.position)
+        for number, part in enumerate(task.parts):
+            source = part.rank if part.rank in holders else holders[number % len(holders)]
+            needed = range(spec.shape[1]) if number == 0 else part.frames
+            key = (sample.index, part.frames.start)
+            if ctx.rank == part.rank == source:
+                mine[key] = finals[sample.index][:, needed.start : needed.stop]
+            elif ctx.rank == source:
+                latents = finals[sample.index][:, needed.start : needed.stop]
+                dist.send(latents.to(ctx.device, spec.dtype).contiguous(), part.rank)
+            elif ctx.rank == part.rank:
+                buffer = torch.empty((spec.shape[0], len(needed), *spec.shape[2:]), dtype=spec.dtype,
+                                     device=ctx.device)
+                dist.recv(buffer, source)
+                mine[key] = buffer.to("cpu")
     return mine
 
 
-def write_sample(
-    frames, latents: torch.Tensor, targets: dict[str, str], fps: int
-) -> list[str]:
+def write_sample(frames, latents: torch.Tensor | None, targets: dict[str, str], fps: int) -> list[str]:
     """Write every requested format of one sample; returns the paths written."""
     writers = {
         "mp4": lambda path: media.write_mp4(path, frames, fps),
@@ -57,31 +104,54 @@ def write_sample(
     return list(targets.values())
 
 
+def _gather_frames(ctx: DistContext, task: DecodeTask, decoded: np.ndarray | None, frame_shape) -> np.ndarray | None:
+    """The writer receives every other part's uint8 frames, in order; the other decoders send theirs."""
+    if ctx.rank != task.writer:
+        if decoded is not None:
+            dist.send(torch.from_numpy(np.ascontiguousarray(decoded)).to(ctx.device), task.writer)
+        return None
+    parts = [decoded]
+    for part in task.parts[1:]:
+        buffer = torch.empty((len(part.frames), *frame_shape), dtype=torch.uint8, device=ctx.device)
+        dist.recv(buffer, part.rank)
+        parts.append(buffer.cpu().numpy())
+    return np.concatenate(parts)
+
+
 def decode_and_write(
     ctx: DistContext,
     model,
     samples: list[Sample],
-    mine: dict[int, torch.Tensor],
+    tasks: list[DecodeTask],
+    mine: dict[tuple[int, int], torch.Tensor],
     targets: dict[int, dict[str, str]],
     input_targets: dict[int, str],
     fps: int,
     events: EventSink,
 ) -> list[dict]:
-    """Decode this rank's samples in order; returns one row per sample (files, decode seconds)."""
+    """Decode this rank's parts, sample by sample; writers write. Returns one row per sample written here."""
     rows = []
-    for sample in samples:
-        if sample.index not in mine:
+    frame_shape = (model.height, model.width, 3)
+    for task in tasks:
+        sample = samples[task.position]
+        part = next((p for p in task.parts if p.rank == ctx.rank), None)
+        if part is None:
             continue
         started = time.perf_counter()
-        latents = mine[sample.index]
-        frames = model.decode(latents)
+        latents = mine[(sample.index, part.frames.start)]
+        decoded = model.decode(latents[:, : len(part.frames)])  # the writer holds every frame; decodes its own
         ctx.synchronize()
         decode_s = time.perf_counter() - started
-        events.emit(FramesDecoded(ctx.rank, sample=sample.index, frames=len(frames), total_frames=len(frames)))
+        total = task.parts[-1].frames.stop
+        events.emit(FramesDecoded(ctx.rank, sample=sample.index, frames=len(decoded), total_frames=total))
+        frames = _gather_frames(ctx, task, decoded, frame_shape) if len(task.parts) > 1 else decoded
+        if ctx.rank != task.writer:
+            continue
         files = write_sample(frames, latents, targets[sample.index], fps)
         if sample.index in input_targets:
             media.write_png(Path(input_targets[sample.index]), model.input_image(sample))
             files.append(input_targets[sample.index])
         events.emit(FilesWritten(ctx.rank, sample=sample.index, files=tuple(files)))
-        rows.append({"index": sample.index, "files": files, "decode_s": decode_s, "rank": ctx.rank})
+        rows.append({"index": sample.index, "files": files, "decode_s": decode_s, "rank": ctx.rank,
+                     "decoded_on_ranks": [p.rank for p in task.parts]})
     return rows

@@ -7,32 +7,32 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpipe.jobs.diffusion import gather_to_first, load_svd_for, run_diffusion, warmup_samples
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for, run_diffusion, warmup_samples
 from vidpipe.metrics import StepRecorder, param_bytes
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource
+from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
-from vidpipe.strategies.registry import get_strategy
 
 
 @dataclass(frozen=True)
 class DiffuseJob:
-    """Diffuse `samples` with `strategy`; rank 0 returns every rank's record and all final latents."""
+    """Diffuse `samples` under `plan`; rank 0 returns every rank's record and all final latents."""
 
     source: ModelSource
     params: object  # SVDParams
-    strategy: str
+    plan: ParallelPlan
     dtype: str
     samples: tuple[Sample, ...]
     warmup: int
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
-        strategy = get_strategy(self.strategy)
-        model = load_svd_for(strategy, ctx, self.source, self.dtype, self.params)
-        finals, record = run_diffusion(ctx, model, strategy, list(self.samples), self.warmup, events)
+        layout = build_layout(ctx, self.plan)
+        model = load_svd_for(layout, self.source, self.dtype, self.params)
+        finals, record = run_diffusion(layout, model, list(self.samples), self.warmup, events)
         gathered = gather_to_first(ctx, (record, finals))
         if not ctx.is_first:
             return None

@@ -1,28 +1,33 @@
-"""Phase 1 on one rank, the same for every command: warm up, then diffuse the samples under the clock."""
+"""Phase 1 on one rank, the same for every command: lay out the plan, apply its model-level axes, warm up, then
+diffuse the samples under the clock."""
 
 from __future__ import annotations
 
 import time
 from itertools import cycle, islice
-from types import ModuleType
 
 import torch.distributed as dist
 
 from vidpipe.metrics import RankRecord, StepRecorder, param_bytes, startup_seconds
 from vidpipe.models.base import DiffusionModel, Sample
+from vidpipe.parallel.layout import Layout, build_layout
+from vidpipe.parallel.parallelize import parallelize
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
+from vidpipe.strategies.registry import scheduler_for
+
+__all__ = ["build_layout", "load_svd_for", "run_diffusion", "gather_to_first", "warmup_samples"]
 
 
-def load_svd_for(strategy: ModuleType, ctx: DistContext, source, dtype: str, params):
-    """The SVD model as `strategy` needs it on this rank: image encoder only where it encodes, the UNet left on
-    the CPU where the strategy moves it to the device itself (fsdp, shard by shard)."""
+def load_svd_for(layout: Layout, source, dtype: str, params):
+    """The SVD model as the plan needs it on this rank: the image encoder only where samples are encoded, the
+    UNet left on the CPU where fsdp moves it to the device shard by shard (no rank ever holds it whole)."""
     from vidpipe.models.svd import SVDModel
     from vidpipe.runtime.devices import DTYPES
 
-    return SVDModel.load(source, ctx.device, DTYPES[dtype], params,
-                         encoders=strategy.needs_encoder(ctx.rank, ctx.world_size),
-                         stage_unet_on_cpu=strategy.STAGE_DENOISER_ON_CPU)
+    return SVDModel.load(source, layout.ctx.device, DTYPES[dtype], params,
+                         encoders=scheduler_for(layout.plan).needs_encoder(layout),
+                         stage_unet_on_cpu=layout.plan.fsdp)
 
 
 def warmup_samples(samples: list[Sample], count: int) -> list[Sample]:
@@ -33,31 +38,36 @@ def warmup_samples(samples: list[Sample], count: int) -> list[Sample]:
 
 
 def run_diffusion(
-    ctx: DistContext,
+    layout: Layout,
     model: DiffusionModel,
-    strategy: ModuleType,
     samples: list[Sample],
     warmup: int,
     events: EventSink,
 ) -> tuple[dict, RankRecord]:
     """Returns this rank's final latents {index: CPU tensor} and its measured record."""
+    ctx = layout.ctx
     ctx.stage_times["loaded"] = time.time()
-    strategy.prepare(ctx, model)
+    parallelize(model, layout)
+    scheduler = scheduler_for(layout.plan)
     if warmup > 0:
         events.emit(PhaseStarted(ctx.rank, phase="warmup"))
-        strategy.run(ctx, model, warmup_samples(samples, warmup),
-                     StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times))
+        scheduler.run(layout, model, warmup_samples(samples, warmup),
+                      StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times))
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
     recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
     recorder.record.unet_param_bytes = param_bytes(model.unet)
     recorder.mark_memory("load")
     ctx.barrier()
     events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
+    comm_before = layout.comm.snapshot()
     recorder.start_clock()
-    finals = strategy.run(ctx, model, samples, recorder)
+    finals = scheduler.run(layout, model, samples, recorder)
     recorder.mark_memory("diffuse")
-    recorder.record.startup_s = startup_seconds(ctx.stage_times)
-    return finals, recorder.record
+    record = recorder.record
+    record.split_comm_bytes, record.split_comm_calls, record.split_comm_s = (
+        now - before for now, before in zip(layout.comm.snapshot(), comm_before, strict=True))
+    record.startup_s = startup_seconds(ctx.stage_times)
+    return finals, record
 
 
 def gather_to_first(ctx: DistContext, obj):

@@ -4,18 +4,20 @@ UNet and decodes on every rank, writing each sample's files as soon as they exis
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vidpipe import media
 from vidpipe.config import GenerateConfig
 from vidpipe.errors import UsageError
-from vidpipe.jobs.decode import decode_and_write, redistribute
-from vidpipe.jobs.diffusion import gather_to_first, load_svd_for, run_diffusion
+from vidpipe.jobs.decode import decode_and_write, plan_decode, redistribute
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import mark_memory, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource, resolve_model
+from vidpipe.parallel.plan import AUTO, ParallelPlan
 from vidpipe.report import (
     assignment_table,
     run_report,
@@ -23,11 +25,13 @@ from vidpipe.report import (
     summary_table,
     write_json,
 )
+from vidpipe.runtime.devices import cuda_device_count, resolve_device_type, resolve_dtype
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, PhaseStarted
-from vidpipe.strategies.registry import get_strategy
+from vidpipe.runtime.launch import under_torchrun
+from vidpipe.strategies.registry import scheduler_for
 
-#: Ranks when --gpus is not given: one GPU, the simplest thing that works.
+#: Ranks when --gpus is not given on a machine without CUDA (with CUDA: every visible GPU).
 DEFAULT_GPUS = 1
 
 
@@ -47,23 +51,28 @@ class GenerateJob:
     config: GenerateConfig
     source: ModelSource
     dtype: str
+    plan: ParallelPlan
     samples: tuple[Sample, ...]
     targets: dict  # sample index -> {format: path}
     input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
-        strategy = get_strategy(self.config.run.strategy)
-        model = load_svd_for(strategy, ctx, self.source, self.dtype, svd_params(self.config))
+        layout = build_layout(ctx, self.plan)
+        model = load_svd_for(layout, self.source, self.dtype, svd_params(self.config))
         samples = list(self.samples)
-        finals, record = run_diffusion(ctx, model, strategy, samples, self.config.warmup_samples, events)
+        finals, record = run_diffusion(layout, model, samples, self.config.warmup_samples, events)
 
         # Phase 2: the UNet goes first, so decode has the memory diffusion used.
         events.emit(PhaseStarted(ctx.rank, phase="decode"))
         model.release_denoiser()
-        mine = redistribute(ctx, strategy, samples, finals, model.state_spec()["latents"])
-        rows = decode_and_write(ctx, model, samples, mine, self.targets, self.input_targets, self.config.fps,
-                                events)
+        spec = model.state_spec()["latents"]
+        tasks = plan_decode(len(samples), ctx.world_size, spec.shape[1], self.config.decode_chunk_size)
+        owner_group = scheduler_for(self.plan).owner_group
+        mine = redistribute(ctx, samples, tasks, finals,
+                            lambda position: layout.group_ranks(owner_group(position, self.plan.groups)), spec)
+        rows = decode_and_write(ctx, model, samples, tasks, mine, self.targets, self.input_targets,
+                                self.config.fps, events)
         mark_memory(ctx.device, record, "decode")
         gathered = gather_to_first(ctx, (record, rows))
         if not ctx.is_first:
@@ -122,11 +131,11 @@ def generate(config: GenerateConfig) -> dict | None:
     frames = size[0]
     if config.decode_chunk_size > frames:
         raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {frames} frames")
-    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
     samples, targets, inputs = plan_outputs(config, plan_samples(config, images))
     if not samples:
         stderr_console.print(f"every sample's outputs are already in {config.out} (--resume): nothing to do")
         return None
+    placement = place_generate(config, source, len(samples), size)
 
     # 2. Run; the manifest gets a line as each sample's files land, so even a crashed run says what it finished.
     manifest = Path(config.out) / "manifest.jsonl"
@@ -136,7 +145,7 @@ def generate(config: GenerateConfig) -> dict | None:
             with manifest.open("a") as handle:
                 handle.write(json.dumps({"sample": event.sample, "files": list(event.files)}) + "\n")
 
-    job = GenerateJob(config, source, placement.dtype, tuple(samples), targets, inputs)
+    job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(samples), targets, inputs)
     try:
         result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True,
                                   listener=log_files)
@@ -148,12 +157,36 @@ def generate(config: GenerateConfig) -> dict | None:
     return _report(config, placement, source, samples, result, size)
 
 
+def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int, size: tuple[int, int, int]):
+    """Where the run goes: --gpus (default: every visible GPU, or one CPU rank), and the plan, which `auto`
+    chooses from the job and the machine and explains in one line."""
+    from vidpipe.models.svd import parameter_counts
+    from vidpipe.parallel.auto import ModelSize, choose_plan
+
+    run = config.run
+    if run.gpus is None and not under_torchrun():
+        device_type = resolve_device_type(run.device, 1)
+        run = replace(run, gpus=cuda_device_count() if device_type == "cuda" else DEFAULT_GPUS)
+    if run.strategy == AUTO:
+        world_size = int(os.environ["WORLD_SIZE"]) if under_torchrun() else run.gpus
+        device_type = resolve_device_type(run.device, world_size, under_torchrun())
+        counts = parameter_counts(source)
+        dtype_bytes = 2 if resolve_dtype(run.dtype, device_type) in ("fp16", "bf16") else 4
+        model_size = ModelSize(counts["unet"], counts["vae"] + counts["image_encoder"], counts["first_channels"],
+                               dtype_bytes)
+        choice = choose_plan(world_size, num_samples, config.steps, *size, config.max_guidance > 1, device_type,
+                             model_size)
+        stderr_console.print(f"auto -> {choice.plan.name}: {choice.reason}", markup=False, highlight=False)
+        run = replace(run, strategy=choice.plan.name)
+    return place(run, config.steps, default_gpus=DEFAULT_GPUS, frames=size[0], guidance=config.max_guidance > 1)
+
+
 def _report(config, placement, source, samples, result, size) -> dict:
     spec = placement.spec
     tl = timeline(result["records"])
     rows = {row["index"]: row for row in result["rows"]}
     report = run_report(
-        "generate", config.model, config.run.strategy, spec, placement.dtype, config.steps,
+        "generate", config.model, placement.plan.name, placement.plan, spec, placement.dtype, config.steps,
         [s.seed for s in samples], config.warmup_samples, result["records"],
         model_source={"kind": source.kind, "path": str(source.path), "name": source.name},
         frames=size[0], height=size[1], width=size[2],
@@ -162,7 +195,7 @@ def _report(config, placement, source, samples, result, size) -> dict:
         {"index": s.index, "seed": s.seed, "image": config.images[s.index // config.samples],
          "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
          "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
-         "decoded_on_rank": rows[s.index]["rank"]}
+         "decoded_on_rank": rows[s.index]["rank"], "decoded_on_ranks": rows[s.index]["decoded_on_ranks"]}
         for s in samples
     ]
     stderr_console.print(assignment_table(report))

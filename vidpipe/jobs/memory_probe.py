@@ -12,25 +12,29 @@ import torch
 
 from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
-from vidpipe.jobs.diffusion import gather_to_first, load_svd_for
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import GIB, RankRecord, mark_memory, param_bytes
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource
+from vidpipe.parallel.parallelize import parallelize
+from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.report import print_wide, stderr_console, write_json
 from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.runtime.launch import under_torchrun
-from vidpipe.strategies.registry import get_strategy
+from vidpipe.strategies.registry import scheduler_for
 
 PHASES = ("load", "encode", "denoise", "decode")
+#: The schedule the probe's one step is taken from (any step of any schedule costs the same memory).
+PROBE_STEPS = 25
 
 
 @dataclass(frozen=True)
 class ProbeJob:
     source: ModelSource
-    strategy: str
+    plan: ParallelPlan
     dtype: str
     frames: int
     height: int
@@ -41,20 +45,20 @@ class ProbeJob:
         from vidpipe import media
         from vidpipe.models.svd import SVDParams
 
-        strategy = get_strategy(self.strategy)
         # NOTE: a fresh process: CUDA's peak counter starts at zero, so the "load" mark is the load's own peak.
         record = RankRecord(rank=ctx.rank)
         events.emit(PhaseStarted(ctx.rank, phase="load"))
-        params = SVDParams(steps=25, frames=self.frames, height=self.height, width=self.width,
+        params = SVDParams(steps=PROBE_STEPS, frames=self.frames, height=self.height, width=self.width,
                            decode_chunk_size=self.decode_chunk_size)
-        encodes = strategy.needs_encoder(ctx.rank, ctx.world_size)
-        model = load_svd_for(strategy, ctx, self.source, self.dtype, params)
-        strategy.prepare(ctx, model)
+        layout = build_layout(ctx, self.plan)
+        encodes = scheduler_for(self.plan).needs_encoder(layout)
+        model = load_svd_for(layout, self.source, self.dtype, params)
+        parallelize(model, layout)
         record.unet_param_bytes = param_bytes(model.unet)
         resident = sum(param_bytes(m) for m in (model.unet, model.pipeline.vae, model.pipeline.image_encoder))
         mark_memory(ctx.device, record, "load")
 
-        # Encode where the strategy encodes; elsewhere the state arrives from another rank: same tensors.
+        # Encode where the plan encodes; elsewhere the state arrives from another rank: same tensors.
         events.emit(PhaseStarted(ctx.rank, phase="encode"))
         sample = Sample(0, 0, media.test_card(self.width, self.height), "probe")
         if encodes:
@@ -64,7 +68,7 @@ class ProbeJob:
         mark_memory(ctx.device, record, "encode")
 
         # One step is one UNet call at full size: the peak of any number of steps. Every rank calls it, so
-        # fsdp's all-gathers pair up.
+        # fsdp's all-gathers and the cfg/sp collectives pair up.
         events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
         latents = model.denoise(state, range(0, 1))
         mark_memory(ctx.device, record, "denoise")
@@ -127,8 +131,13 @@ class Prober:
         if self.device_type == "cuda" and probe.gpus > cuda_device_count():
             return {**row, "status": "skipped", "fits": None,
                     "reason": f"{probe.gpus} ranks need {probe.gpus} GPUs; this machine has {cuda_device_count()}"}
-        placement = place(self.config.run_options(probe.strategy, probe.gpus), probe.gpus, probe.gpus)
-        job = ProbeJob(self.source, probe.strategy, placement.dtype, probe.frames, probe.height, probe.width,
+        try:
+            placement = place(self.config.run_options(probe.strategy, probe.gpus), PROBE_STEPS, probe.gpus,
+                              frames=probe.frames)
+        except UsageError as error:  # this plan does not fit this rank count or frame count: a row, not a failure
+            return {**row, "status": "skipped", "fits": None, "reason": str(error)}
+        row["plan"] = placement.plan.name
+        job = ProbeJob(self.source, placement.plan, placement.dtype, probe.frames, probe.height, probe.width,
                        self.config.decode_chunk_size)
         row.update(device_type=placement.spec.device_type, backend=placement.spec.backend, dtype=placement.dtype)
         try:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from vidpipe.config import RunOptions
 from vidpipe.errors import UsageError
 from vidpipe.live import LiveView
+from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.runtime.devices import resolve_backend, resolve_device_type, resolve_dtype
 from vidpipe.runtime.launch import LaunchSpec, launch, under_torchrun
 
@@ -21,10 +22,13 @@ class Placement:
     dtype: str
     torchrun: bool
     draws: bool  # this process draws progress (the parent, or local rank 0 under torchrun)
+    plan: ParallelPlan
 
 
-def place(run: RunOptions, steps: int, default_gpus: int) -> Placement:
-    """Resolve world size, device, backend and dtype. Under torchrun the world size is torchrun's."""
+def place(
+    run: RunOptions, steps: int, default_gpus: int, frames: int | None = None, guidance: bool = True
+) -> Placement:
+    """Resolve world size, plan, device, backend and dtype. Under torchrun the world size is torchrun's."""
     torchrun = under_torchrun()
     if torchrun:
         world_size = int(os.environ["WORLD_SIZE"])
@@ -32,13 +36,14 @@ def place(run: RunOptions, steps: int, default_gpus: int) -> Placement:
             raise UsageError(f"--gpus {run.gpus}, but torchrun started {world_size} ranks: drop --gpus under torchrun")
     else:
         world_size = run.gpus or default_gpus
-    run.check_steps(steps, world_size)
+    plan = run.plan(world_size)
+    plan.check_job(steps, frames, guidance)
     device_type = resolve_device_type(run.device, world_size, torchrun)
     backend = resolve_backend(run.backend, device_type)
     dtype = resolve_dtype(run.dtype, device_type)
     draws = not torchrun or int(os.environ.get("LOCAL_RANK", "0")) == 0
     spec = LaunchSpec(world_size, device_type, backend, run.stall_timeout_s, run.load_timeout_s)
-    return Placement(spec, dtype, torchrun, draws)
+    return Placement(spec, dtype, torchrun, draws, plan)
 
 
 def run_with_display(

@@ -9,11 +9,12 @@ import torch
 
 from vidpipe.config import SimulateConfig
 from vidpipe.errors import VidpipeError
-from vidpipe.jobs.diffusion import gather_to_first, run_diffusion
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.dummy import DummyModel, DummyParams
+from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.report import (
     assignment_table,
     run_report,
@@ -27,7 +28,6 @@ from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.runtime.forkserver import SIMULATE_PRELOAD
-from vidpipe.strategies.registry import get_strategy
 from vidpipe.verify import compare_finals
 
 #: Ranks when --gpus is not given (and not under torchrun): enough to show a pipeline.
@@ -50,15 +50,14 @@ def samples_of(config: SimulateConfig) -> list[Sample]:
 class SimulateJob:
     config: SimulateConfig
     dtype: str  # resolved: fp32 | fp16 | bf16
+    plan: ParallelPlan
     preload: ClassVar[tuple[str, ...]] = SIMULATE_PRELOAD
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
+        layout = build_layout(ctx, self.plan)
         model = DummyModel(dummy_params(self.config), ctx.device, DTYPES[self.dtype])
-        strategy = get_strategy(self.config.run.strategy)
-        finals, record = run_diffusion(
-            ctx, model, strategy, samples_of(self.config), self.config.warmup_samples, events
-        )
+        finals, record = run_diffusion(layout, model, samples_of(self.config), self.config.warmup_samples, events)
         gathered = gather_to_first(ctx, (record, finals))
         if not ctx.is_first:
             return None
@@ -83,14 +82,14 @@ def verify(config: SimulateConfig, dtype: str, device_type: str, finals: dict[in
 
 def run_simulation(config: SimulateConfig) -> dict | None:
     """Launch the ranks, measure, verify: the report (None on torchrun ranks other than 0). Prints nothing."""
-    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS)
-    job = SimulateJob(config, placement.dtype)
+    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS, frames=config.latent_shape[2])
+    job = SimulateJob(config, placement.dtype, placement.plan)
     result = run_with_display(job, placement, config.samples, config.run.verbose)
     if result is None:
         return None
     spec = placement.spec
     report = run_report(
-        "simulate", "dummy", config.run.strategy, spec, placement.dtype, config.steps,
+        "simulate", "dummy", config.run.strategy, placement.plan, spec, placement.dtype, config.steps,
         [config.seed + i for i in range(config.samples)], config.warmup_samples, result["records"],
         latent_shape=list(config.latent_shape), step_ms=config.step_ms,
     )

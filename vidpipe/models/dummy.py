@@ -60,12 +60,16 @@ class DummyUNet(torch.nn.Module):
     With `step_ms` it behaves like a GPU running a fixed-time kernel: call k of a block ends at
     `block_started + (k + 1) * step_ms`, so the CPU-side work around it (the scheduler, guidance, hand-offs,
     all microseconds on a GPU) overlaps the wait instead of adding to it. A CPU that falls behind is not
-    waited for: contention still shows.
+    waited for: contention still shows. The cost model of the latency axes: a call that gets part of the work
+    (cfg: one of the 2 batch rows; sp: some of the frames) takes that fraction of `step_ms`, as a GPU kernel
+    whose time is proportional to its work would; the communication around it is real.
     """
 
-    def __init__(self, latent_channels: int, step_ms: float, dtype: torch.dtype = torch.float32, device=None):
+    def __init__(self, latent_channels: int, step_ms: float, dtype: torch.dtype = torch.float32, device=None,
+                 full_work: int = 1):
         super().__init__()
         self.latent_channels = latent_channels
+        self.full_work = full_work  # batch rows x frames of a whole step
         # A few parameter-bearing blocks, so `fsdp` has something to shard. The same fixed values on every rank
         # (no random init to agree on); a per-channel scale close to 1.
         self.blocks = torch.nn.ModuleList(
@@ -89,7 +93,8 @@ class DummyUNet(torch.nn.Module):
         for block in self.blocks:
             out = block(out)
         if self.step_ms > 0:
-            self.calls_in_block += 1
+            work = sample.shape[0] * sample.shape[1] / self.full_work
+            self.calls_in_block += work
             kernel_done = self.block_started + self.calls_in_block * self.step_ms / 1000.0
             time.sleep(max(0.0, kernel_done - time.perf_counter()))  # wall time without CPU time
         return (out,)
@@ -106,7 +111,9 @@ class DummyModel:
         batch, channels, frames, height, width = params.latent_shape
         self.latents_shape = (batch, frames, channels, height, width)  # SVD's layout: frames before channels
         self.scheduler = fresh_scheduler(svd_scheduler_config(), self.num_steps, device)
-        self.unet = DummyUNet(channels, params.step_ms, dtype, device)
+        guidance_rows = 2 if params.max_guidance > 1 else 1
+        self.stand_in = DummyUNet(channels, params.step_ms, dtype, device, full_work=guidance_rows * batch * frames)
+        self.unet = self.stand_in  # what denoise calls: the stand-in, or a parallel axis' wrapper of it
 
     def state_spec(self) -> dict[str, TensorSpec]:
         batch, _frames, channels, height, width = self.latents_shape
@@ -133,7 +140,7 @@ class DummyModel:
     @torch.no_grad()
     def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
         guidance = (self.params.min_guidance, self.params.max_guidance)
-        self.unet.start_block()
+        self.stand_in.start_block()
         return denoise_block(self.unet, self.scheduler, self.num_steps, state, steps, guidance, on_step)
 
     def release_denoiser(self) -> None:

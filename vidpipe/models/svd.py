@@ -99,6 +99,19 @@ def check_size(source: ModelSource, frames: int | None, height: int | None, widt
         )
 
 
+def parameter_counts(source: ModelSource) -> dict[str, int]:
+    """Parameters of each component, counted on the meta device from the configs (no memory, no weights)."""
+    counts = {}
+    with torch.device("meta"):
+        unet = UNetSpatioTemporalConditionModel.from_config(_config(source, "unet"))
+        vae = AutoencoderKLTemporalDecoder.from_config(_config(source, "vae"))
+        encoder = CLIPVisionModelWithProjection(CLIPVisionConfig.from_pretrained(source.path / "image_encoder"))
+    for name, module in (("unet", unet), ("vae", vae), ("image_encoder", encoder)):
+        counts[name] = sum(p.numel() for p in module.parameters())
+    counts["first_channels"] = _config(source, "unet")["block_out_channels"][0]
+    return counts
+
+
 def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     # Only when needed: diffusers warns on every dtype cast, and a no-op `.to` still walks every parameter.
     parameter = next(module.parameters())
@@ -230,6 +243,11 @@ class SVDModel:
     @property
     def unet(self) -> torch.nn.Module | None:
         return self.pipeline.unet
+
+    @unet.setter
+    def unet(self, denoiser: torch.nn.Module | None) -> None:
+        """Parallel axes replace the UNet with their wrapper of it (same call signature)."""
+        self.pipeline.unet = denoiser
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """Shapes and dtypes of what `encode` returns, in a fixed order (the conditioning is compact)."""

@@ -124,10 +124,10 @@ def _root_cause(workers, error: WorkerError) -> RankFailed:
             if rank != error.rank and process.exitcode is not None and process.exitcode < 0:
                 return RankFailed(
                     f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped "
-                    f"(rank {error.rank} then failed: {_short(error.message, 120)})"
+                    f"(rank {error.rank} then failed: {_short(error.message, 120)})", error.traceback
                 )
         time.sleep(0.05)
-    return RankFailed(f"rank {error.rank} failed: {_short(error.message)}")
+    return RankFailed(f"rank {error.rank} failed: {_short(error.message)}", error.traceback)
 
 
 def _check_exits(workers, events) -> None:

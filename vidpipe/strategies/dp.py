@@ -1,4 +1,8 @@
-"""Data parallel: every rank holds the whole model and runs whole samples, round robin."""
+"""Data parallel: each group runs whole samples, round robin (group g: samples g, g + G, ...).
+
+A group of one rank is classic data parallelism; a larger group splits each of its samples (cfg, sp) or shards
+the UNet (fsdp), every rank of the group making the same calls on the same sample.
+"""
 
 from __future__ import annotations
 
@@ -8,35 +12,34 @@ import torch
 
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
-from vidpipe.runtime.dist import DistContext
-
-#: The denoiser is loaded straight onto the rank's device (each rank holds a whole copy).
-STAGE_DENOISER_ON_CPU = False
+from vidpipe.parallel.layout import Layout
 
 
-def prepare(ctx: DistContext, model: DiffusionModel) -> None:
-    """Nothing to do: every rank holds the whole model as loaded."""
-
-
-def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
-    """Phase 1 on this rank: samples at positions rank, rank + W, ... Returns {index: final latents on CPU}."""
+def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
+    """Phase 1 on this rank: its group's samples, all steps. Returns {index: final latents on CPU}."""
     all_steps = range(model.num_steps)
     finals: dict[int, torch.Tensor] = {}
-    for sample in samples[ctx.rank :: ctx.world_size]:
+    for sample in samples[layout.group_index :: layout.plan.groups]:
         state = model.encode(sample)
         finals[sample.index] = model.denoise(state, all_steps, recorder.on_step_for(sample, all_steps)).to("cpu")
-        recorder.sample_done(sample)
+        if layout.is_group_leader:
+            recorder.sample_done(sample)
     return finals
 
 
-def owner_of(position: int, world_size: int) -> int:
-    return position % world_size
+def owner_group(position: int, groups: int) -> int:
+    """The group that holds sample number `position`'s final latents after phase 1 (every rank of it does)."""
+    return position % groups
 
 
-def needs_encoder(rank: int, world_size: int) -> bool:
+def needs_encoder(layout: Layout) -> bool:
     return True
 
 
-def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, world_size: int) -> float:
-    """The busiest rank runs ceil(N / W) whole samples."""
-    return math.ceil(num_samples / world_size) * total_steps * step_time_s
+def steps_of_group(total_steps: int, groups: int, group_index: int) -> range:
+    return range(total_steps)
+
+
+def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int) -> float:
+    """The busiest group runs ceil(N / G) whole samples."""
+    return math.ceil(num_samples / groups) * total_steps * step_time_s

@@ -1,8 +1,10 @@
-"""The step pipeline: every rank holds the whole denoiser and runs one contiguous block of steps.
+"""The step pipeline: every stage holds the whole denoiser and runs one contiguous block of steps.
 
-Sample i enters on rank 0 (which alone encodes the image), runs rank 0's block, is handed to rank 1, and so on;
-rank W-1 holds the final latents. With many samples in flight every rank is busy on a different sample, so
-throughput grows with W while one sample's latency is the sum of all blocks plus hand-offs.
+Sample i enters stage 0 (which alone encodes the image), runs stage 0's block, is handed to stage 1, and so on;
+the last stage holds the final latents. With many samples in flight every stage is busy on a different sample, so
+throughput grows with the number of stages while one sample's latency is the sum of all blocks plus hand-offs.
+A stage is a group of ranks: each rank hands its state to the rank playing its part in the next stage, and a
+group that splits its samples (cfg, sp) cuts its block's latency.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import torch
 
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
-from vidpipe.runtime.dist import DistContext
+from vidpipe.parallel.layout import Layout
 from vidpipe.strategies.handoff import PendingRecv, PendingSend, post_recv, post_send
 from vidpipe.strategies.schedule import block_sizes, steps_for_rank
 
@@ -21,43 +23,39 @@ from vidpipe.strategies.schedule import block_sizes, steps_for_rank
 MAX_SENDS_IN_FLIGHT = 2
 
 
-#: The denoiser is loaded straight onto the rank's device (each rank holds a whole copy).
-STAGE_DENOISER_ON_CPU = False
-
-
-def prepare(ctx: DistContext, model: DiffusionModel) -> None:
-    """Nothing to do: every rank holds the whole model as loaded."""
-
-
-def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
-    """Phase 1 on this rank. Returns {sample index: final latents on CPU} on the last rank, {} elsewhere."""
-    block = steps_for_rank(model.num_steps, ctx.world_size, ctx.rank)
+def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
+    """Phase 1 on this rank. Returns {sample index: final latents on CPU} on the last stage, {} elsewhere."""
+    stage, stages = layout.group_index, layout.plan.groups
+    first, last = stage == 0, stage == stages - 1
+    block = steps_for_rank(model.num_steps, stages, stage)
     spec = model.state_spec()
+    device = layout.ctx.device
     finals: dict[int, torch.Tensor] = {}
     sends: deque[PendingSend] = deque()
     incoming: PendingRecv | None = None
-    if not ctx.is_first and samples:
-        incoming = post_recv(spec, ctx.rank - 1, ctx.device)
+    if not first and samples:
+        incoming = post_recv(spec, layout.peer(stage - 1), device)
 
     for position, sample in enumerate(samples):
-        # 1. Get the sample: encode it on rank 0, else take it from the previous rank.
-        if ctx.is_first:
+        # 1. Get the sample: encode it on the first stage, else take it from the previous one.
+        if first:
             state = model.encode(sample)
         else:
             with recorder.waiting():
                 state = incoming.wait()
             # NOTE: post the next receive before computing, so that hand-off overlaps this block's steps.
-            incoming = post_recv(spec, ctx.rank - 1, ctx.device) if position + 1 < len(samples) else None
+            incoming = post_recv(spec, layout.peer(stage - 1), device) if position + 1 < len(samples) else None
 
-        # 2. Run this rank's block of steps.
+        # 2. Run this stage's block of steps.
         state["latents"] = model.denoise(state, block, recorder.on_step_for(sample, block))
 
-        # 3. Keep the result on the last rank, else post the send and go on with the next sample.
-        if ctx.is_last:
+        # 3. Keep the result on the last stage, else post the send and go on with the next sample.
+        if last:
             finals[sample.index] = state["latents"].to("cpu")
-            recorder.sample_done(sample)
+            if layout.is_group_leader:
+                recorder.sample_done(sample)
         else:
-            sends.append(post_send(state, spec, ctx.rank + 1))
+            sends.append(post_send(state, spec, layout.peer(stage + 1)))
             while len(sends) > MAX_SENDS_IN_FLIGHT:
                 with recorder.waiting():
                     sends.popleft().wait()
@@ -67,16 +65,20 @@ def run(ctx: DistContext, model: DiffusionModel, samples: list[Sample], recorder
     return finals
 
 
-def owner_of(position: int, world_size: int) -> int:
-    """The rank that holds sample number `position`'s final latents after phase 1."""
-    return world_size - 1
+def owner_group(position: int, groups: int) -> int:
+    """The group (stage) that holds sample number `position`'s final latents after phase 1: the last."""
+    return groups - 1
 
 
-def needs_encoder(rank: int, world_size: int) -> bool:
-    return rank == 0
+def needs_encoder(layout: Layout) -> bool:
+    return layout.group_index == 0
 
 
-def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, world_size: int) -> float:
+def steps_of_group(total_steps: int, groups: int, group_index: int) -> range:
+    return steps_for_rank(total_steps, groups, group_index)
+
+
+def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int) -> float:
     """First sample through every block, then one sample per slowest block."""
-    slowest_block = max(block_sizes(total_steps, world_size))
+    slowest_block = max(block_sizes(total_steps, groups))
     return (total_steps + (num_samples - 1) * slowest_block) * step_time_s

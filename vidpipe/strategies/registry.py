@@ -1,20 +1,15 @@
-"""Strategies by CLI name. Adding one = one module with `run`, `owner_of`, `needs_encoder`,
-`ideal_makespan`, `prepare` and `STAGE_DENOISER_ON_CPU` plus one entry here."""
+"""Sample schedulers by plan axis name. Adding one = one module with `run`, `owner_group`, `needs_encoder`,
+`steps_of_group` and `ideal_makespan`, plus one entry here (and its name in `parallel.plan.SAMPLE_AXES`)."""
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from vidpipe.errors import UsageError
-from vidpipe.strategies import dp, fsdp, pp
+from vidpipe.strategies import dp, pp
 
-STRATEGIES: dict[str, ModuleType] = {"pp": pp, "dp": dp, "fsdp": fsdp}
+SCHEDULERS: dict[str, ModuleType] = {"pp": pp, "dp": dp}
 
 
-def get_strategy(name: str) -> ModuleType:
-    try:
-        return STRATEGIES[name]
-    except KeyError:
-        raise UsageError(
-            f"unknown strategy '{name}': choose one of {', '.join(STRATEGIES)}"
-        ) from None
+def scheduler_for(plan) -> ModuleType:
+    """The sample scheduler of a `ParallelPlan` (its sample axis)."""
+    return SCHEDULERS[plan.sample_axis]

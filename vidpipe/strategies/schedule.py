@@ -18,14 +18,14 @@ def steps_for_rank(total_steps: int, world_size: int, rank: int) -> range:
     return range(start, start + sizes[rank])
 
 
-def describe_blocks(total_steps: int, world_size: int) -> str:
-    """'30 steps on 7 ranks: ranks 0-1 run 5 steps, ranks 2-6 run 4' (for the report)."""
+def describe_blocks(total_steps: int, world_size: int, unit: str = "rank") -> str:
+    """'30 steps on 7 ranks: ranks 0-1 run 5 steps, ranks 2-6 run 4' (for the report; `unit` may be 'stage')."""
     sizes = block_sizes(total_steps, world_size)
     if len(set(sizes)) == 1:
-        return f"{total_steps} steps on {world_size} ranks: {sizes[0]} each"
+        return f"{total_steps} steps on {world_size} {unit}s: {sizes[0]} each"
     extra = total_steps % world_size
-    longer = "rank 0" if extra == 1 else f"ranks 0-{extra - 1}"
-    shorter = f"rank {extra}" if extra == world_size - 1 else f"ranks {extra}-{world_size - 1}"
+    longer = f"{unit} 0" if extra == 1 else f"{unit}s 0-{extra - 1}"
+    shorter = f"{unit} {extra}" if extra == world_size - 1 else f"{unit}s {extra}-{world_size - 1}"
     return (
-        f"{total_steps} steps on {world_size} ranks: {longer} run {sizes[0]} steps, {shorter} run {sizes[-1]}"
+        f"{total_steps} steps on {world_size} {unit}s: {longer} run {sizes[0]} steps, {shorter} run {sizes[-1]}"
     )

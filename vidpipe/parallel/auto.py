@@ -1,0 +1,160 @@
+"""`--strategy auto`: choose a plan from the job (samples, steps, frames, size), the ranks and their memory.
+
+Every plan that fits the world size is scored with a small model and the fastest one that fits in memory wins:
+
+- time of the batch, in units of one step on one rank: rounds x steps / group speed-up, where rounds is
+  ceil(N / G) for dp groups and 1 + (N - 1) / G for the step pipeline (fill, then one sample per block), and the
+  group speed-up is CFG_SPEEDUP for cfg2 times K / (1 + SP_OVERHEAD (K - 1)) for spK, FSDP_SLOWDOWN with fsdp;
+- memory per rank: the UNet's parameters (1/group with fsdp), the VAE and the image encoder, and the
+  activations of one UNet call, proportional to the batch rows and frames a rank holds (`activation_bytes`).
+
+The speed-up constants are assumptions taken from `vidpipe bench` on this project's machines (see
+docs/strategies.md), not measurements of yours: `vidpipe bench --compare ...` measures the real thing.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from vidpipe.parallel.plan import ParallelPlan, frame_split
+
+#: Speed-up of one step with the guidance batch split over 2 ranks (one all-gather of a latent per step).
+CFG_SPEEDUP = 1.9
+#: Fraction of a step each additional sp rank costs in communication and duplicated work.
+SP_OVERHEAD = 0.12
+#: fsdp's all-gathers slow every step a little; it is chosen for memory, never for speed.
+FSDP_SLOWDOWN = 0.9
+#: Keep this share of a GPU's free memory as headroom (allocator fragmentation, CUDA context, NCCL buffers).
+MEMORY_HEADROOM = 0.9
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """What the memory model needs to know about the model (from its configs; no weights loaded)."""
+
+    unet_params: int
+    other_params: int  # VAE + image encoder
+    first_channels: int  # the UNet's widest-resolution channel count
+    dtype_bytes: int
+
+
+@dataclass(frozen=True)
+class Choice:
+    plan: ParallelPlan
+    reason: str
+    estimated_gb: float | None
+    budget_gb: float | None
+
+
+def group_speedup(plan: ParallelPlan) -> float:
+    speedup = CFG_SPEEDUP if plan.cfg > 1 else 1.0
+    speedup *= plan.sp / (1 + SP_OVERHEAD * (plan.sp - 1))
+    if plan.fsdp and plan.group_size > 1:
+        speedup *= FSDP_SLOWDOWN
+    return speedup
+
+
+def batch_time(plan: ParallelPlan, samples: int, steps: int) -> float:
+    """The batch's time in one-rank step units (see the module docstring)."""
+    rounds = math.ceil(samples / plan.groups) if plan.sample_axis == "dp" else 1 + (samples - 1) / plan.groups
+    return rounds * steps / group_speedup(plan)
+
+
+def activation_bytes(size: ModelSize, batch: int, frames: int, height: int, width: int) -> float:
+    """Peak activations of one UNet call: about 20 tensors of the first level's width at latent resolution
+    (the GEGLU feed-forward of the first transformer, 12 channels wide per model channel, plus the residual
+    stream, attention and skip connections), per batch row and frame."""
+    latent_pixels = (height // 8) * (width // 8)
+    return 20.0 * size.first_channels * size.dtype_bytes * batch * frames * latent_pixels
+
+
+def memory_bytes(plan: ParallelPlan, size: ModelSize, frames: int, height: int, width: int, guidance: bool) -> float:
+    unet = size.unet_params * size.dtype_bytes / (plan.group_size if plan.fsdp else 1)
+    batch = (2 if guidance else 1) // plan.cfg
+    local_frames = frame_split(frames, plan.sp)[0]
+    return unet + size.other_params * size.dtype_bytes + activation_bytes(size, batch, local_frames, height, width)
+
+
+def candidates(world_size: int, frames: int, steps: int, guidance: bool) -> list[ParallelPlan]:
+    plans = []
+    for cfg in (1, 2) if guidance else (1,):
+        for sp in range(1, min(frames, world_size) + 1):
+            for fsdp in (False, True):
+                group = cfg * sp
+                if world_size % group or (fsdp and group == 1):
+                    continue
+                groups = world_size // group
+                plans.append(ParallelPlan("dp", groups, cfg, sp, 1, fsdp))
+                if groups > 1 and steps >= groups and not fsdp:
+                    plans.append(ParallelPlan("pp", groups, cfg, sp))
+    # fsdp alone: the whole world, or groups of it, in lockstep (memory only).
+    for shard in range(2, world_size + 1):
+        if world_size % shard == 0:
+            plans.append(ParallelPlan("dp", world_size // shard, 1, 1, shard, True))
+    return plans
+
+
+def choose_plan(
+    world_size: int, samples: int, steps: int, frames: int, height: int, width: int, guidance: bool,
+    device_type: str, size: ModelSize | None = None, budget_gb: float | None = None,
+) -> Choice:
+    """The plan `generate --strategy auto` runs, and one line saying why."""
+    if budget_gb is None and device_type == "cuda":
+        budget_gb = free_gpu_memory_gb()
+    plans = candidates(world_size, frames, steps, guidance)
+
+    def memory_gb(plan: ParallelPlan) -> float | None:
+        return memory_bytes(plan, size, frames, height, width, guidance) / GIB if size else None
+
+    def fits(plan: ParallelPlan) -> bool:
+        needed = memory_gb(plan)
+        return budget_gb is None or needed is None or needed <= budget_gb * MEMORY_HEADROOM
+
+    fitting = [plan for plan in plans if fits(plan)]
+    # Fastest first; among equals the smaller group (less communication), dp before pp, no fsdp.
+    ranked = sorted(fitting or plans, key=lambda p: (round(batch_time(p, samples, steps), 6), p.group_size,
+                                                     p.sample_axis != "dp", p.fsdp))
+    plan = ranked[0]
+    return Choice(plan, _reason(plan, samples, world_size, frames, device_type, memory_gb(plan), budget_gb,
+                                bool(fitting)), memory_gb(plan), budget_gb)
+
+
+def _reason(plan: ParallelPlan, samples: int, world_size: int, frames: int, device_type: str,
+            needed_gb: float | None, budget_gb: float | None, fits: bool) -> str:
+    ranks = f"{world_size} {'GPU' if device_type == 'cuda' else 'CPU rank'}{'s' if world_size > 1 else ''}"
+    what = f"{samples} sample{'s' if samples > 1 else ''} on {ranks}"
+    if plan.group_size == 1:
+        how = "whole samples per rank" if world_size > 1 else "one rank"
+    else:
+        splits = []
+        if plan.cfg > 1:
+            splits.append("guidance batch")
+        if plan.sp > 1:
+            splits.append(f"frames ({frames} as {', '.join(map(str, frame_split(frames, plan.sp)))})")
+        if plan.fsdp:
+            splits.append("UNet parameters (fsdp)")
+        how = f"{plan.groups} group(s) of {plan.group_size}, each splitting its sample's {' and '.join(splits)}"
+    memory = ""
+    if needed_gb is not None and budget_gb is not None:
+        memory = f"; about {needed_gb:.1f} of {budget_gb:.1f} GB free per GPU (estimated)"
+        if not fits:
+            memory += "; nothing fits the estimate, this plan needs the least: try fewer --frames or a smaller size"
+    return f"{what}: {how}{memory}"
+
+
+def free_gpu_memory_gb() -> float | None:
+    """The smallest free memory over the visible GPUs, read with nvidia-smi so that the parent never creates a
+    CUDA context of its own (it would hold GPU 0 memory for the whole run). None when it cannot be read."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        values = [float(line) for line in out.split() if line.strip()]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+    return min(values) / 1024 if values else None

@@ -1,0 +1,120 @@
+"""The collectives that split one sample's step, each counting what this rank sends and how long it waits.
+
+Every function takes the `CommStats` of its rank explicitly, so `bench` can report the bytes each rank sends per
+step beside the analytic figure (`parallel/cost.py`). "Sent" means payload that leaves this rank for others:
+an all-gather of a chunk to K ranks sends the chunk K-1 times, an all-to-all sends every part but its own, a
+halo sends one frame to each neighbour. Padding added for uneven splits counts (it is really moved).
+
+NOTE: gloo's list collectives refuse tensors of unequal size, so uneven splits are padded (gathers) or go
+through `all_to_all_single` with split sizes on flat buffers (all-to-alls).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class CommStats:
+    bytes_sent: int = 0
+    calls: int = 0
+    seconds: float = 0.0  # wall time inside collectives (on GPU, NCCL's enqueue time only: it runs async)
+
+    def add(self, nbytes: int, started: float) -> None:
+        self.bytes_sent += nbytes
+        self.calls += 1
+        self.seconds += time.perf_counter() - started
+
+    def snapshot(self) -> tuple[int, int, float]:
+        return self.bytes_sent, self.calls, self.seconds
+
+
+@dataclass(frozen=True)
+class Group:
+    """A process group with this rank's position in it, and the stats its collectives add to."""
+
+    group: dist.ProcessGroup
+    rank: int
+    size: int
+    global_ranks: tuple[int, ...]
+    stats: CommStats
+
+    @classmethod
+    def of(cls, mesh, stats: CommStats) -> Group:
+        group = mesh.get_group()
+        ranks = tuple(dist.get_process_group_ranks(group))
+        return cls(group, dist.get_rank(group), len(ranks), ranks, stats)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()
+
+
+def gather_along(local: torch.Tensor, dim: int, sizes: list[int], group: Group) -> torch.Tensor:
+    """Every rank's `local` (of size `sizes[rank]` along `dim`) concatenated along `dim`, on every rank."""
+    started = time.perf_counter()
+    longest = max(sizes)
+    padded = local
+    if local.shape[dim] < longest:  # uneven split: pad to the longest part, trim after
+        pad_shape = list(local.shape)
+        pad_shape[dim] = longest - local.shape[dim]
+        padded = torch.cat([local, local.new_zeros(pad_shape)], dim=dim)
+    padded = padded.movedim(dim, 0).contiguous()
+    out = padded.new_empty((group.size * longest, *padded.shape[1:]))
+    dist.all_gather_into_tensor(out, padded, group=group.group)
+    parts = [out[r * longest : r * longest + sizes[r]] for r in range(group.size)]
+    result = torch.cat(parts).movedim(0, dim)
+    group.stats.add(_nbytes(padded) * (group.size - 1), started)
+    return result
+
+
+def all_to_all(send_parts: list[torch.Tensor], recv_numels: list[int], group: Group) -> list[torch.Tensor]:
+    """Send `send_parts[j]` to rank j; returns the flat part received from each rank (of `recv_numels[i]`)."""
+    started = time.perf_counter()
+    send = torch.cat([part.reshape(-1) for part in send_parts])
+    recv = send.new_empty(sum(recv_numels))
+    send_numels = [part.numel() for part in send_parts]
+    dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group.group)
+    sent = (sum(send_numels) - send_numels[group.rank]) * send.element_size()
+    group.stats.add(sent, started)
+    return list(recv.split(recv_numels))
+
+
+def exchange_halo(first: torch.Tensor, last: torch.Tensor, group: Group) -> tuple[torch.Tensor | None, ...]:
+    """Send `first` to the previous rank and `last` to the next; returns (the previous rank's last, the next
+    rank's first), None at the ends of the group. One batched exchange with the two neighbours only."""
+    started = time.perf_counter()
+    ops, before, after = [], None, None
+    sent = 0
+    if group.rank > 0:
+        prev = group.global_ranks[group.rank - 1]
+        before = torch.empty_like(last)
+        ops += [dist.P2POp(dist.isend, first.contiguous(), prev, group.group),
+                dist.P2POp(dist.irecv, before, prev, group.group)]
+        sent += _nbytes(first)
+    if group.rank < group.size - 1:
+        nxt = group.global_ranks[group.rank + 1]
+        after = torch.empty_like(first)
+        ops += [dist.P2POp(dist.isend, last.contiguous(), nxt, group.group),
+                dist.P2POp(dist.irecv, after, nxt, group.group)]
+        sent += _nbytes(last)
+    if ops:
+        for work in dist.batch_isend_irecv(ops):
+            work.wait()
+    group.stats.add(sent, started)
+    return before, after
+
+
+def gather_small(values: torch.Tensor, group: Group) -> torch.Tensor:
+    """Every rank's `values` (same shape everywhere) stacked: [group size, *values.shape]."""
+    started = time.perf_counter()
+    shape = values.shape
+    values = values.contiguous().view(1, -1)
+    out = values.new_empty((group.size, values.shape[1]))
+    dist.all_gather_into_tensor(out, values, group=group.group)
+    group.stats.add(_nbytes(values) * (group.size - 1), started)
+    return out.view(group.size, *shape)
