@@ -25,8 +25,9 @@ from vidpipe.runtime.forkserver import start_worker_server
 
 def bench(
     model: Annotated[str, typer.Option(
-        help="dummy (stand-in UNet, any machine), tiny (small random SVD), svd-xt-random (full-size architecture, "
-             "random weights, no download), svd-xt, a hub id or a local diffusers folder.")] = "dummy",
+        help="dummy (stand-in UNet, any machine), tiny (tiny random SVD), small (62M-parameter random SVD UNet: "
+             "honest CPU timings), svd-xt-random (full-size architecture, random weights, no download), svd-xt, a "
+             "hub id or a local diffusers folder.")] = "dummy",
     compare: Annotated[str, typer.Option(
         help="Comma-separated plans (pp, dp, fsdp, cfg2, sp2, dp2.cfg2, ...; see generate --help), and diffusers: "
              "the stock StableVideoDiffusionPipeline on one device, the baseline (SVD models only). A plan that "

@@ -28,8 +28,9 @@ from vidpipe.runtime.forkserver import start_worker_server
 def generate(
     images: Annotated[list[Path], typer.Argument(help="Input image file(s): PNG, JPEG, WebP, ...")],
     model: Annotated[str, typer.Option(
-        help="Hub id, local diffusers directory, svd-xt, tiny (built-in tiny random model, CPU demos) or "
-             "svd-xt-random (full-size architecture, random weights, no download).")
+        help="Hub id, local diffusers directory, svd-xt, tiny (built-in tiny random model, CPU demos), small "
+             "(62M-parameter random SVD, CPU measurements) or svd-xt-random (full-size architecture, random "
+             "weights, no download).")
     ] = "stabilityai/stable-video-diffusion-img2vid-xt",
     gpus: Annotated[int | None, typer.Option(
         "--gpus", "-g", help="Ranks, one per GPU (default: every visible GPU; on CPU one process). Under "

@@ -13,8 +13,8 @@ from vidpipe.runtime.forkserver import start_worker_server
 
 def memory_probe(
     model: Annotated[str, typer.Option(
-        help="svd-xt-random (full-size architecture, random weights, no download), tiny, svd-xt, a hub id or a "
-             "local diffusers folder.")] = "svd-xt-random",
+        help="svd-xt-random (full-size architecture, random weights, no download), tiny, small, svd-xt, a hub id "
+             "or a local diffusers folder.")] = "svd-xt-random",
     strategy: Annotated[str, typer.Option(
         help="Comma-separated plans, e.g. pp,fsdp,cfg2,sp2,cfg2.sp2.fsdp (see generate --help).")] = "pp,fsdp",
     gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4.")] = "1,2",

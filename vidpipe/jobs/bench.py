@@ -11,7 +11,7 @@ from vidpipe.config import BASELINE, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
-from vidpipe.parallel.cost import split_bytes_per_step
+from vidpipe.parallel.cost import svd_bytes_per_step
 from vidpipe.plots import bench_plots
 from vidpipe.report import run_report, stderr_console, write_json
 from vidpipe.runtime.devices import DTYPES, cuda_device_count, resolve_device_type
@@ -87,7 +87,7 @@ class SvdBench:
         from vidpipe.models.svd import _config, size_multiple
 
         factor = size_multiple(self.source)[1]
-        per_group = split_bytes_per_step(
+        per_group = svd_bytes_per_step(
             placement.plan, _config(self.source, "unet"), 2, self.size[0], self.size[1] // factor,
             self.size[2] // factor, DTYPES[placement.dtype].itemsize)
         return per_group * placement.plan.groups

@@ -16,7 +16,9 @@ from importlib import resources
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
+from vidpipe.models.architecture import temporal_layers
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
+from vidpipe.models.dummy_temporal import apply_stand_ins, stand_in_layers
 from vidpipe.models.sampling import denoise_block, fresh_scheduler
 
 #: SVD's CLIP image-embedding width, so the conditioning that travels in `pp` has the real size.
@@ -29,6 +31,12 @@ def svd_scheduler_config() -> dict:
     return json.loads(path.read_text())
 
 
+def svd_unet_config() -> dict:
+    """SVD-XT's UNet config: where its frame-mixing layers are (the stand-ins copy them)."""
+    path = resources.files("vidpipe.models") / "configs" / "svd-xt" / "unet" / "config.json"
+    return json.loads(path.read_text())
+
+
 @dataclass(frozen=True)
 class DummyParams:
     steps: int
@@ -36,6 +44,7 @@ class DummyParams:
     step_ms: float = 0.0
     min_guidance: float = 1.0
     max_guidance: float = 3.0
+    temporal_layers: bool = False  # SVD-XT's frame-mixing layers as stand-ins (for sp's collectives)
 
 
 #: Parameter-bearing blocks of the stand-in UNet (sharded one by one under fsdp).
@@ -66,7 +75,7 @@ class DummyUNet(torch.nn.Module):
     """
 
     def __init__(self, latent_channels: int, step_ms: float, dtype: torch.dtype = torch.float32, device=None,
-                 full_work: int = 1):
+                 full_work: int = 1, temporal: torch.nn.ModuleList | None = None):
         super().__init__()
         self.latent_channels = latent_channels
         self.full_work = full_work  # batch rows x frames of a whole step
@@ -75,6 +84,7 @@ class DummyUNet(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(
             _ChannelScale(latent_channels, k, dtype, device) for k in range(DUMMY_BLOCKS)
         )
+        self.temporal = temporal if temporal is not None else torch.nn.ModuleList()
         self.step_ms = step_ms
         self.block_started = 0.0
         self.calls_in_block = 0
@@ -92,6 +102,7 @@ class DummyUNet(torch.nn.Module):
         out = noisy.add(image, alpha=0.5).mul_(scale)
         for block in self.blocks:
             out = block(out)
+        out = apply_stand_ins(self.temporal, out)
         if self.step_ms > 0:
             work = sample.shape[0] * sample.shape[1] / self.full_work
             self.calls_in_block += work
@@ -112,7 +123,11 @@ class DummyModel:
         self.latents_shape = (batch, frames, channels, height, width)  # SVD's layout: frames before channels
         self.scheduler = fresh_scheduler(svd_scheduler_config(), self.num_steps, device)
         guidance_rows = 2 if params.max_guidance > 1 else 1
-        self.stand_in = DummyUNet(channels, params.step_ms, dtype, device, full_work=guidance_rows * batch * frames)
+        temporal = None
+        if params.temporal_layers:
+            temporal = stand_in_layers(temporal_layers(svd_unet_config()), dtype, device)
+        self.stand_in = DummyUNet(channels, params.step_ms, dtype, device, full_work=guidance_rows * batch * frames,
+                                  temporal=temporal)
         self.unet = self.stand_in  # what denoise calls: the stand-in, or a parallel axis' wrapper of it
 
     def state_spec(self) -> dict[str, TensorSpec]:

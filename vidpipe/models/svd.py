@@ -30,7 +30,7 @@ from vidpipe.models.registry import ModelSource
 from vidpipe.models.sampling import denoise_block
 
 #: Default pixel size per flavor; other models get the pipeline's own default, SVD's training size.
-DEFAULT_PIXELS = {"tiny": (64, 64)}
+DEFAULT_PIXELS = {"tiny": (64, 64), "small": (256, 384)}
 PIPELINE_PIXELS = (576, 1024)
 
 
@@ -56,7 +56,8 @@ def _config(source: ModelSource, component: str) -> dict:
 
 
 def default_size(source: ModelSource) -> tuple[int, int, int]:
-    """(frames, height, width) the model generates by default: svd-xt 25 x 576 x 1024, tiny 4 x 64 x 64."""
+    """(frames, height, width) the model generates by default: svd-xt 25 x 576 x 1024, small 14 x 256 x 384,
+    tiny 4 x 64 x 64."""
     height, width = DEFAULT_PIXELS.get(source.name, PIPELINE_PIXELS)
     return _config(source, "unet")["num_frames"], height, width
 

@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+#: torch 2.13 renamed all_gather_into_tensor (and warns on the old name); older releases have only the old one.
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
 
 @dataclass
 class CommStats:
@@ -65,7 +68,7 @@ def gather_along(local: torch.Tensor, dim: int, sizes: list[int], group: Group) 
         padded = torch.cat([local, local.new_zeros(pad_shape)], dim=dim)
     padded = padded.movedim(dim, 0).contiguous()
     out = padded.new_empty((group.size * longest, *padded.shape[1:]))
-    dist.all_gather_into_tensor(out, padded, group=group.group)
+    _all_gather_single(out, padded, group=group.group)
     parts = [out[r * longest : r * longest + sizes[r]] for r in range(group.size)]
     result = torch.cat(parts).movedim(0, dim)
     group.stats.add(_nbytes(padded) * (group.size - 1), started)
@@ -115,6 +118,6 @@ def gather_small(values: torch.Tensor, group: Group) -> torch.Tensor:
     shape = values.shape
     values = values.contiguous().view(1, -1)
     out = values.new_empty((group.size, values.shape[1]))
-    dist.all_gather_into_tensor(out, values, group=group.group)
+    _all_gather_single(out, values, group=group.group)
     group.stats.add(_nbytes(values) * (group.size - 1), started)
     return out.view(group.size, *shape)

@@ -14,65 +14,38 @@ difference shows padding, a layer sent twice, or a layer the formula forgot. Per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from vidpipe.models.architecture import TemporalLayer, temporal_layers
 from vidpipe.parallel.plan import ParallelPlan, frame_split
 
 GROUPNORM_GROUPS = 32  # TemporalResnetBlock's GroupNorm
 STATS_BYTES = 4  # the statistics travel in fp32
 
 
-@dataclass(frozen=True)
-class TemporalLayer:
-    kind: str  # "resnet" | "attention"
-    channels: int
-    level: int  # 0 = latent resolution; each level halves height and width
-
-
-def temporal_layers(unet_config: dict) -> list[TemporalLayer]:
-    """The frame-mixing layers of an SVD UNet, in call order, from its config."""
-    channels = unet_config["block_out_channels"]
-    per_block = unet_config["layers_per_block"]
-    transformer_layers = unet_config.get("transformer_layers_per_block", 1)
-    layers_of = (lambda i: transformer_layers[i]) if isinstance(transformer_layers, list) else (
-        lambda i: transformer_layers)
-    layers = []
-    for level, block_type in enumerate(unet_config["down_block_types"]):
-        for _ in range(per_block):
-            layers.append(TemporalLayer("resnet", channels[level], level))
-            if block_type.startswith("CrossAttn"):
-                layers += [TemporalLayer("attention", channels[level], level)] * layers_of(level)
-    deepest = len(channels) - 1
-    layers += [TemporalLayer("resnet", channels[deepest], deepest)]
-    layers += [TemporalLayer("attention", channels[deepest], deepest)] * layers_of(deepest)
-    layers += [TemporalLayer("resnet", channels[deepest], deepest)]
-    for up, block_type in enumerate(unet_config["up_block_types"]):
-        level = deepest - up
-        for _ in range(per_block + 1):
-            layers.append(TemporalLayer("resnet", channels[level], level))
-            if block_type.startswith("CrossAttn"):
-                layers += [TemporalLayer("attention", channels[level], level)] * layers_of(level)
-    return layers
+def svd_bytes_per_step(plan: ParallelPlan, unet_config: dict, batch: int, frames: int, latent_height: int,
+                       latent_width: int, dtype_bytes: int) -> list[int]:
+    """`split_bytes_per_step` for an SVD UNet given by its config."""
+    return split_bytes_per_step(plan, temporal_layers(unet_config), GROUPNORM_GROUPS, unet_config["out_channels"],
+                                batch, frames, latent_height, latent_width, dtype_bytes)
 
 
 def split_bytes_per_step(
-    plan: ParallelPlan, unet_config: dict, batch: int, frames: int, latent_height: int, latent_width: int,
-    dtype_bytes: int,
+    plan: ParallelPlan, layers: list[TemporalLayer], norm_groups: int, latent_channels: int, batch: int,
+    frames: int, latent_height: int, latent_width: int, dtype_bytes: int,
 ) -> list[int]:
     """Bytes each rank of a group sends per step for `plan`'s cfg and sp, in group-rank order.
 
-    `batch` is the UNet's batch before cfg splits it (2 with guidance); latent sizes are the UNet input's.
+    `layers` are the UNet's frame-mixing layers, `batch` its batch before cfg splits it (2 with guidance); latent
+    sizes are the UNet input's.
     """
     sent = [0] * plan.group_size
-    latent_channels = unet_config["out_channels"]
     local_batch = batch // plan.cfg
     sizes = frame_split(frames, plan.sp)
     for rank in range(plan.group_size):
         sp_rank = (rank // plan.shard) % plan.sp
         total = 0
         if plan.sp > 1:
-            total += _sp_bytes(unet_config, plan.sp, sp_rank, sizes, local_batch, latent_height, latent_width,
-                               dtype_bytes)
+            total += _sp_bytes(layers, norm_groups, plan.sp, sp_rank, sizes, local_batch, latent_height,
+                               latent_width, dtype_bytes)
             # The sp wrapper's gather of the noise prediction: this rank's part, padded to the longest.
             total += (plan.sp - 1) * local_batch * max(sizes) * latent_channels * latent_height * latent_width * \
                 dtype_bytes
@@ -82,15 +55,15 @@ def split_bytes_per_step(
     return sent
 
 
-def _sp_bytes(unet_config, k: int, rank: int, sizes: list[int], batch: int, height: int, width: int,
-              dtype_bytes: int) -> int:
+def _sp_bytes(layers: list[TemporalLayer], norm_groups: int, k: int, rank: int, sizes: list[int], batch: int,
+              height: int, width: int, dtype_bytes: int) -> int:
     neighbours = (rank > 0) + (rank < k - 1)
     total = 0
-    for layer in temporal_layers(unet_config):
+    for layer in layers:
         h, w = _level_size(height, layer.level), _level_size(width, layer.level)
         if layer.kind == "resnet":
             total += 2 * neighbours * batch * layer.channels * h * w * dtype_bytes  # conv1, conv2 halos
-            total += 2 * (k - 1) * 2 * batch * GROUPNORM_GROUPS * STATS_BYTES  # norm1, norm2 statistics
+            total += 2 * (k - 1) * 2 * batch * norm_groups * STATS_BYTES  # norm1, norm2 statistics
         else:
             pixels = frame_split(h * w, k)
             others = h * w - pixels[rank]
@@ -103,3 +76,15 @@ def _level_size(size: int, level: int) -> int:
     for _ in range(level):
         size = (size + 1) // 2  # a stride-2 conv with padding 1
     return size
+
+
+#: The GPU model's communication: NCCL's latency per small collective inside one machine, and the bandwidth of a
+#: GPU-to-GPU link (NVLink 3 is 300 GB/s a direction on paper; 100 GB/s is what an all-to-all of a few MB gets).
+GPU_COLLECTIVE_LATENCY_S = 20e-6
+GPU_LINK_BYTES_PER_S = 100e9
+
+
+def predicted_gpu_step_s(step_s: float, work_share: float, calls: float, bytes_sent: float) -> float:
+    """A step of one rank on GPUs, modelled: the kernel time shrinks with the rank's share of the work, each
+    collective costs a fixed latency, and the bytes go over one link at a fixed bandwidth (no overlap)."""
+    return step_s * work_share + calls * GPU_COLLECTIVE_LATENCY_S + bytes_sent / GPU_LINK_BYTES_PER_S

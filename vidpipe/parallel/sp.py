@@ -27,6 +27,7 @@ from diffusers.models.attention import TemporalBasicTransformerBlock
 from diffusers.models.resnet import TemporalResnetBlock
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
+from vidpipe.models.dummy_temporal import StandInFrameMix, StandInTemporalResBlock, StandInTemporalTransformer
 from vidpipe.parallel.comm import Group, all_to_all, exchange_halo, gather_along, gather_small
 from vidpipe.parallel.plan import frame_split
 from vidpipe.parallel.wrapper import UNetWrapper
@@ -183,22 +184,24 @@ def _split_temporal_resnet(block: TemporalResnetBlock, state: FrameSplitState) -
     block.conv2 = HaloConv3d(block.conv2, state)
 
 
-def _split_spatio_temporal_transformer(model: TransformerSpatioTemporalModel, state: FrameSplitState) -> None:
-    model.time_proj = GlobalFrameIndex(model.time_proj, state)
+def _split_temporal_blocks(model: torch.nn.Module, state: FrameSplitState) -> None:
     for index, block in enumerate(model.temporal_transformer_blocks):
         model.temporal_transformer_blocks[index] = PixelSplitTemporalBlock(block, state)
 
 
-#: The layers that mix frames, and how each is split. Everything else runs on local frames unchanged.
+def _split_spatio_temporal_transformer(model: TransformerSpatioTemporalModel, state: FrameSplitState) -> None:
+    model.time_proj = GlobalFrameIndex(model.time_proj, state)
+    _split_temporal_blocks(model, state)
+
+
+#: The layers that mix frames, and how each is split. Everything else runs on local frames unchanged. The
+#: simulator's stand-ins have the same parts under the same names, so they split the same way.
 FRAME_MIXING_LAYERS = {
     TemporalResnetBlock: _split_temporal_resnet,
     TransformerSpatioTemporalModel: _split_spatio_temporal_transformer,
+    StandInTemporalResBlock: _split_temporal_resnet,
+    StandInTemporalTransformer: _split_temporal_blocks,
 }
-
-
-def register_frame_mixing_layer(layer_type: type, split) -> None:
-    """Teach `apply_sp` another layer that mixes frames (the simulator's stand-in UNet registers its own)."""
-    FRAME_MIXING_LAYERS[layer_type] = split
 
 
 def apply_sp(unet: torch.nn.Module, group: Group) -> FrameSplit:
@@ -219,6 +222,6 @@ def _check_nothing_left(unet: torch.nn.Module) -> None:
     split |= {id(m.block) for m in modules if isinstance(m, PixelSplitTemporalBlock)}
     for name, module in unet.named_modules():
         mixes_frames = (isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] > 1) or isinstance(
-            module, TemporalBasicTransformerBlock)
+            module, (TemporalBasicTransformerBlock, StandInFrameMix))
         if mixes_frames and id(module) not in split:
             raise NotImplementedError(f"sp: {name} ({type(module).__name__}) mixes frames and was not split")
