@@ -68,21 +68,29 @@ def test_dummy_bench_writes_json_csv_table_and_plots(cli, tmp_path):
 
 
 def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(cli, tmp_path):
-    """The real-model path: the diffusers baseline runs first, and each strategy's latents must match its."""
+    """The real-model path: the diffusers baseline runs first, and each plan's latents must match its; the
+    latency axes report their latency speed-up and the bytes they sent, measured and worked out."""
     out = tmp_path / "tiny.json"
-    result = cli("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare", "diffusers,pp,fsdp",
-                 "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples", "0", "--frames", "2",
-                 "--device", "cpu", "--json", str(out))
+    result = cli("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare",
+                 "diffusers,pp,fsdp,cfg2,sp2", "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples",
+                 "0", "--frames", "3", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     runs = read_json(out)["runs"]
-    assert [(r["strategy"], r["world_size"]) for r in runs] == [("diffusers", 1), ("pp", 2), ("fsdp", 2)]
+    assert [(r["strategy"], r["world_size"]) for r in runs] == [
+        ("diffusers", 1), ("pp", 2), ("fsdp", 2), ("cfg2", 2), ("sp2", 2)]
+    assert [r["plan"] for r in runs[1:]] == ["pp2", "dp1.fsdp2", "dp1.cfg2", "dp1.sp2"]
+    for run in runs[3:]:
+        assert run["latency_speedup"] > 0 and run["latency_reference"] == "diffusers x1"
+        measured = run["split_comm_bytes_per_step_per_rank"]
+        assert min(measured) > 0 and measured == run["split_comm_bytes_per_step_analytic"]
+    assert "KB/step" in result.stderr
     assert runs[0]["verify_mode"] == "reference run"
     for run in runs[1:]:
         assert run["status"] == "ok" and run["verified"] is True
         assert run["verified_against"] == "diffusers x1"
         assert run["verify_mode"] == "max abs diff <= 0.0001 x max(1, max |reference|)"
         assert run["speedup_vs_baseline"] > 0 and run["speedup"] is None  # no 1-rank run of pp/fsdp here
-        assert run["frames"] == 2 and run["height"] == 64
+        assert run["frames"] == 3 and run["height"] == 64
     assert runs[0]["steps_per_rank"] == [2] and "stock diffusers pipeline" in runs[0]["step_assignment"]
 
 

@@ -11,11 +11,16 @@ from vidpipe.jobs.memory_probe import PHASES, Probe, Prober
 
 def test_fsdp_halves_the_unet_bytes_per_rank_and_pp_keeps_them(cli, tmp_path):
     out = tmp_path / "probe.json"
-    result = cli("memory-probe", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--strategy", "pp,fsdp",
-                 "--gpus", "1,2", "--device", "cpu", "--json", str(out))
+    result = cli("memory-probe", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--strategy",
+                 "pp,fsdp,sp2.fsdp", "--gpus", "1,2", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {(r["strategy"], r["world_size"]): r for r in read_json(out)["rows"]}
-    assert sorted(rows) == [("fsdp", 1), ("fsdp", 2), ("pp", 1), ("pp", 2)]
+    assert sorted(rows) == [("fsdp", 1), ("fsdp", 2), ("pp", 1), ("pp", 2), ("sp2.fsdp", 1), ("sp2.fsdp", 2)]
+    # A plan that cannot run on a rank count is a row with the reason, not a failure.
+    skipped = rows.pop(("sp2.fsdp", 1))
+    assert skipped["status"] == "skipped" and "does not divide --gpus 1" in skipped["reason"]
+    assert rows[("sp2.fsdp", 2)]["plan"] == "dp1.sp2.fsdp"
+    assert rows[("sp2.fsdp", 2)]["unet_param_bytes_per_rank"] == rows[("fsdp", 2)]["unet_param_bytes_per_rank"]
     for row in rows.values():
         assert row["status"] == "ok" and row["fits"] is True
         assert row["peak_memory_kind"] == "cpu_peak_rss"

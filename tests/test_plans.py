@@ -1,0 +1,152 @@
+"""Parallel plans: parsing and resolution, the frame and decode splits, `auto`, and the analytic bytes (no
+processes); then the cfg/sp layers themselves on a real tiny SVD UNet over gloo ranks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from vidpipe.errors import UsageError
+from vidpipe.jobs.decode import plan_decode
+from vidpipe.models.architecture import temporal_layers
+from vidpipe.models.dummy import svd_unet_config
+from vidpipe.models.registry import CONFIGS_DIR
+from vidpipe.parallel.auto import ModelSize, choose_plan
+from vidpipe.parallel.plan import ParallelPlan, chunk_ranges, frame_split, parse_plan
+from vidpipe.runtime.launch import LaunchSpec, launch
+
+
+@pytest.mark.parametrize(("text", "gpus", "full"), [
+    ("dp", 8, "dp8"), ("pp", 8, "pp8"), ("cfg2", 8, "dp4.cfg2"), ("cfg", 8, "dp4.cfg2"), ("cfg2.sp4", 8, "dp1.cfg2.sp4"),
+    ("pp2.cfg2.sp2", 8, "pp2.cfg2.sp2"), ("sp2.cfg2.pp2", 8, "pp2.cfg2.sp2"), ("fsdp", 8, "dp1.fsdp8"),
+    ("sp4.fsdp", 8, "dp2.sp4.fsdp"), ("dp2.fsdp4", 8, "dp2.fsdp4"), ("dp2.fsdp", 8, "dp2.fsdp4"),
+    ("fsdp4", 8, "dp2.fsdp4"), ("cfg2.sp2.fsdp", 4, "dp1.cfg2.sp2.fsdp"), ("dp", 1, "dp1"),
+])
+def test_plans_resolve_as_the_issue_says(text, gpus, full):
+    plan = parse_plan(text).resolve(gpus)
+    assert plan.name == full and plan.world_size == gpus
+
+
+def test_plan_layout_puts_groups_on_consecutive_ranks():
+    plan = parse_plan("pp2.cfg2.sp2").resolve(8)
+    assert (plan.groups, plan.group_size) == (2, 4)
+    assert plan.mesh_dims() == (("pp", 2), ("cfg", 2), ("sp", 2))
+    assert parse_plan("dp").resolve(4).mesh_dims() == (("dp", 4),)
+
+
+@pytest.mark.parametrize(("text", "gpus", "message"), [
+    ("dp3.cfg2.sp2", 8, "dp3 x cfg2 x sp2 = 12 != --gpus 8"),
+    ("cfg2.sp3", 8, "cfg2 x sp3 = 6 does not divide --gpus 8"),
+    ("dp3.fsdp", 8, "dp3 does not divide --gpus 8"),
+])
+def test_degrees_that_do_not_fit_give_the_arithmetic(text, gpus, message):
+    with pytest.raises(UsageError, match=message.replace(".", r"\.")):
+        parse_plan(text).resolve(gpus)
+
+
+def test_job_checks_name_the_limit():
+    with pytest.raises(UsageError, match=r"\(sp8 > 7\)"):
+        ParallelPlan("dp", 1, sp=8).check_job(25, 7, True)
+    with pytest.raises(UsageError, match=r"\(3 < 4\)"):
+        ParallelPlan("pp", 4).check_job(3, 14, True)
+    with pytest.raises(UsageError, match="guidance is off"):
+        ParallelPlan("dp", 1, cfg=2).check_job(25, 14, False)
+
+
+def test_frame_and_chunk_splits():
+    assert frame_split(25, 4) == [7, 6, 6, 6]
+    assert frame_split(7, 3) == [3, 2, 2]
+    # 25 frames in chunks of 4 = 7 chunks over 3 ranks: 3, 2, 2 whole chunks, the last one short.
+    assert chunk_ranges(25, 4, 3) == [range(0, 12), range(12, 20), range(20, 25)]
+    assert chunk_ranges(5, 4, 8) == [range(0, 4), range(4, 5)]  # never more parts than chunks
+
+
+def test_decode_plan_whole_samples_or_chunks():
+    whole = plan_decode(num_samples=5, world_size=2, frames=14, chunk=4)
+    assert [[p.rank for p in t.parts] for t in whole] == [[0], [1], [0], [1], [0]]
+    assert all(t.parts[0].frames == range(14) for t in whole)
+    split = plan_decode(num_samples=2, world_size=8, frames=14, chunk=4)  # 4 chunks each, 4 ranks each
+    assert [[p.rank for p in t.parts] for t in split] == [[0, 2, 4, 6], [1, 3, 5, 7]]
+    assert [p.frames for p in split[0].parts] == [range(0, 4), range(4, 8), range(8, 12), range(12, 14)]
+
+
+SVD_XT_SIZE = ModelSize(unet_params=1_524_623_082, other_params=97_739_049 + 632_076_800, first_channels=320,
+                        dtype_bytes=2)
+
+
+@pytest.mark.parametrize(("gpus", "samples", "expected"), [
+    (8, 1, "dp1.cfg2.sp4"),  # one video: every GPU on latency axes
+    (8, 2, "dp2.cfg2.sp2"),
+    (8, 4, "dp4.cfg2"),
+    (8, 8, "dp8"),  # every GPU already has a sample: nothing to split
+    (1, 3, "dp1"),
+])
+def test_auto_prefers_latency_axes_for_few_samples(gpus, samples, expected):
+    choice = choose_plan(gpus, samples, 25, 25, 576, 1024, True, "cuda", SVD_XT_SIZE, budget_gb=80.0)
+    assert choice.plan.name == expected
+    assert f"{samples} sample" in choice.reason and "GB free per GPU (estimated)" in choice.reason
+
+
+def test_auto_turns_to_sp_or_fsdp_when_one_gpu_cannot_hold_the_job():
+    # 24 GB cards and 100 frames: a whole sample does not fit; frames split over 4 ranks do.
+    choice = choose_plan(4, 4, 25, 100, 576, 1024, True, "cuda", SVD_XT_SIZE, budget_gb=24.0)
+    assert choice.plan.splits_sample or choice.plan.fsdp
+    assert choice.estimated_gb <= 24.0
+
+
+def test_temporal_layers_of_svd_xt():
+    layers = temporal_layers(svd_unet_config())
+    assert sum(layer.kind == "resnet" for layer in layers) == 22
+    assert sum(layer.kind == "attention" for layer in layers) == 16
+
+
+@dataclass(frozen=True)
+class UNetSplitJob:
+    """One forward of the tiny SVD UNet, whole on every rank and split by `plan_text`, compared on rank 0."""
+
+    plan_text: str
+    frames: int
+
+    def run(self, ctx, events):
+        from diffusers import UNetSpatioTemporalConditionModel
+
+        from vidpipe.jobs.diffusion import build_layout
+        from vidpipe.parallel.cost import svd_bytes_per_step
+
+        torch.set_num_threads(1)
+        config = UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            unet = UNetSpatioTemporalConditionModel.from_config(config).eval()
+            generator = torch.Generator().manual_seed(1)
+            sample = torch.randn(2, self.frames, 8, 16, 24, generator=generator)
+            embeddings = torch.randn(2, 1, 32, generator=generator)
+        time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
+        plan = parse_plan(self.plan_text).resolve(ctx.world_size)
+        layout = build_layout(ctx, plan)
+        with torch.no_grad():
+            whole = unet(sample, torch.tensor(500.0), embeddings, time_ids, return_dict=False)[0]
+
+            class Holder:  # the adapter surface `parallelize` needs
+                dtype = torch.float32
+
+            holder = Holder()
+            holder.unet = unet
+            from vidpipe.parallel.parallelize import parallelize
+
+            parallelize(holder, layout)
+            split = holder.unet(sample, torch.tensor(500.0), embeddings, time_ids)[0]
+        analytic = svd_bytes_per_step(plan, config, 2, self.frames, 16, 24, 4)[layout.group_rank]
+        return {"diff": (split - whole).abs().max().item(), "scale": whole.abs().max().item(),
+                "sent": layout.comm.bytes_sent, "analytic": analytic} if ctx.rank == 0 else None
+
+
+@pytest.mark.parametrize(("plan_text", "ranks", "frames"), [("sp2", 2, 8), ("sp3", 3, 7), ("cfg2.sp2", 4, 5)])
+def test_split_unet_equals_the_whole_unet(plan_text, ranks, frames):
+    """Frame parallelism (uneven splits included) and the guidance split change nothing but float rounding,
+    and send exactly the bytes `parallel/cost.py` works out."""
+    result = launch(UNetSplitJob(plan_text, frames), LaunchSpec(ranks, "cpu", "gloo", 120.0), lambda e: None)
+    assert result["diff"] <= 1e-5 * max(1.0, result["scale"]), result
+    assert result["sent"] == result["analytic"]
