@@ -116,13 +116,13 @@ def test_every_plan_equals_one_rank_and_diffusers(tmp_path, cache, photo):
     pipe = StableVideoDiffusionPipeline.from_pretrained(resolve_model("tiny", cache_dir=cache).path)
     pipe.set_progress_bar_config(disable=True)
     print("\nplan        ranks  max|diff| vs 1 rank  vs diffusers  frames vs diffusers (1/255)")
+    caught = {}
+
+    def catch(_pipe, _step, _t, tensors):
+        caught["latents"] = tensors["latents"]
+        return tensors
+
     for i in (0, 1):
-        caught = {}
-
-        def catch(_pipe, _step, _t, tensors):
-            caught["latents"] = tensors["latents"]
-            return tensors
-
         expected_frames = pipe(
             PIL.Image.open(photo), height=64, width=64, num_frames=FIDELITY_FRAMES, num_inference_steps=STEPS, fps=7,
             motion_bucket_id=127, noise_aug_strength=0.02, min_guidance_scale=1.0, max_guidance_scale=2.5,

@@ -114,7 +114,7 @@ def test_unknown_hub_repo(tmp_path, monkeypatch):
     with pytest.raises(UsageError) as error:
         resolve_model("someone/not-a-model", cache_dir=tmp_path)
     assert str(error.value).startswith(
-        "unknown model 'someone/not-a-model': not a hub repo, a local directory, or one of tiny, svd-xt, "
+        "unknown model 'someone/not-a-model': not a hub repo, a local directory, or one of tiny, small, svd-xt, "
         "svd-xt-random"
     )
 

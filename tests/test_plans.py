@@ -19,7 +19,8 @@ from vidpipe.runtime.launch import LaunchSpec, launch
 
 
 @pytest.mark.parametrize(("text", "gpus", "full"), [
-    ("dp", 8, "dp8"), ("pp", 8, "pp8"), ("cfg2", 8, "dp4.cfg2"), ("cfg", 8, "dp4.cfg2"), ("cfg2.sp4", 8, "dp1.cfg2.sp4"),
+    ("dp", 8, "dp8"), ("pp", 8, "pp8"), ("cfg2", 8, "dp4.cfg2"), ("cfg", 8, "dp4.cfg2"),
+    ("cfg2.sp4", 8, "dp1.cfg2.sp4"),
     ("pp2.cfg2.sp2", 8, "pp2.cfg2.sp2"), ("sp2.cfg2.pp2", 8, "pp2.cfg2.sp2"), ("fsdp", 8, "dp1.fsdp8"),
     ("sp4.fsdp", 8, "dp2.sp4.fsdp"), ("dp2.fsdp4", 8, "dp2.fsdp4"), ("dp2.fsdp", 8, "dp2.fsdp4"),
     ("fsdp4", 8, "dp2.fsdp4"), ("cfg2.sp2.fsdp", 4, "dp1.cfg2.sp2.fsdp"), ("dp", 1, "dp1"),
