@@ -99,18 +99,20 @@ def test_three_runs_started_at_once_all_succeed(tmp_path):
     assert all(read_json(tmp_path / f"{i}.json")["verified"] for i in range(3))
 
 
-def test_latency_plans_in_the_simulator_run_the_real_collectives(cli, tmp_path):
-    """cfg2.sp2 on 4 ranks: the stand-in UNet carries SVD-XT's 22 temporal res blocks and 16 temporal attention
-    blocks, so sp makes SVD-XT's 121 collectives a step (plus cfg's one); bytes as worked out; the GPU model
-    states its assumptions."""
+@pytest.mark.parametrize(("plan", "full", "calls", "share"), [
+    ("cfg2.sp2", "dp1.cfg2.sp2", 122.0, 0.5 * 3 / 5), ("pp2.sp2", "pp2.sp2", 121.0, 3 / 5)])
+def test_latency_plans_in_the_simulator_run_the_real_collectives(cli, tmp_path, plan, full, calls, share):
+    """4 ranks: the stand-in UNet carries SVD-XT's 22 temporal res blocks and 16 temporal attention blocks, so sp
+    makes SVD-XT's 121 collectives a step (plus cfg's one); bytes as worked out; pp hands samples from one sp
+    group to the next; the GPU model states its assumptions."""
     out = tmp_path / "r.json"
-    result = cli("simulate", "--gpus", "4", "--strategy", "cfg2.sp2", "--steps", "3", "--samples", "1",
+    result = cli("simulate", "--gpus", "4", "--strategy", plan, "--steps", "4", "--samples", "2",
                  "--latent-shape", "1", "4", "5", "8", "8", "--step-ms", "30", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(out)
-    assert report["plan"] == "dp1.cfg2.sp2" and report["verified"] is True
-    assert report["split_comm_calls_per_step_per_rank"] == [122.0] * 4
+    assert report["plan"] == full and report["verified"] is True and sorted(report["seeds"]) == [0, 1]
+    assert report["split_comm_calls_per_step_per_rank"] == [calls] * 4
     assert report["split_comm_bytes_per_step_per_rank"] == report["split_comm_bytes_per_step_analytic"]
     model = report["gpu_model"]
-    assert model["work_share"] == pytest.approx(0.5 * 3 / 5) and model["predicted_latency_speedup"] > 1
+    assert model["work_share"] == pytest.approx(share) and model["predicted_latency_speedup"] > 1
     assert "GPU model (a model, not a measurement)" in result.stderr
