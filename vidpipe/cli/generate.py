@@ -36,7 +36,7 @@ def generate(
         "--gpus", "-g", help="Ranks, one per GPU (default: every visible GPU; on CPU one process). Under "
                              "torchrun: its ranks.")] = None,
     strategy: Annotated[str, typer.Option(
-        help="auto (chooses from the job and the GPUs' memory, and says why) or " + PLAN_HELP[0].lower() + PLAN_HELP[1:])] = "auto",
+        help="auto (chooses from the job and the GPUs' memory, and says why) or a p" + PLAN_HELP[1:])] = "auto",
     samples: Annotated[int, typer.Option(help="Videos per image; sample i of the run uses seed + i.")] = 1,
     seed: Seed = 0,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
