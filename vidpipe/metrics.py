@@ -32,6 +32,7 @@ class RankRecord:
     rank: int
     steps: list[tuple[int, int, float, float]] = field(default_factory=list)  # (sample, step, start_s, end_s)
     comm_s: float = 0.0
+    encode_s: float = 0.0  # time in `model.encode` (conditioning and starting noise)
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes
     memory_kind: str = "cpu_peak_rss"
     threads: int = 1
@@ -96,6 +97,15 @@ class StepRecorder:
             yield
         finally:
             self.record.comm_s += time.perf_counter() - started
+
+    @contextmanager
+    def encoding(self):
+        """Time spent encoding samples counts as `encode_s`."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.record.encode_s += time.perf_counter() - started
 
     def sample_done(self, sample: Sample) -> None:
         self.events.emit(SampleDone(self.record.rank, sample=sample.index))
@@ -194,6 +204,13 @@ def summarize(
         "efficiency": ideal / makespan if makespan > 0 else None,
         "rank_busy_fraction": [b / makespan if makespan > 0 else None for b in tl.busy_s],
         "comm_s_per_rank": [r.comm_s if r.comm_measured else None for r in records],
+        "encode_s_per_rank": [round(r.encode_s, 4) for r in records],
+        # Where each rank's makespan went: denoising steps, encoding, waiting on hand-offs, and the rest (CPU work
+        # between steps and blocks, pipeline fill and drain not spent waiting on a receive).
+        "time_breakdown_per_rank": [
+            {"denoise_s": round(busy, 4), "encode_s": round(r.encode_s, 4), "handoff_wait_s": round(r.comm_s, 4),
+             "other_s": round(makespan - busy - r.encode_s - r.comm_s, 4)}
+            for r, busy in zip(records, tl.busy_s, strict=True)],
         "unet_param_bytes_per_rank": [r.unet_param_bytes for r in records],
         "peak_memory_gb_per_rank": [
             round(max(r.peak_memory_bytes.values(), default=0) / GIB, 4) for r in records

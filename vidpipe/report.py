@@ -198,6 +198,7 @@ def summary_table(report: dict) -> Table:
         ("efficiency (ideal / measured)", _fmt(report["efficiency"])),
         ("busy fraction per rank", " ".join(_fmt(v, 2) for v in report["rank_busy_fraction"])),
         ("comm s per rank (hand-offs)", " ".join(_fmt(v, 3) for v in report["comm_s_per_rank"])),
+        ("encode s per rank", " ".join(_fmt(v, 3) for v in report["encode_s_per_rank"])),
         (memory_label, " ".join(_fmt(v, 2) for v in report["peak_memory_gb_per_rank"])),
         ("backend / dtype", f"{report['backend']} / {report['dtype']}"),
     ]

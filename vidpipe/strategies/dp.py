@@ -20,7 +20,8 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
     all_steps = range(model.num_steps)
     finals: dict[int, torch.Tensor] = {}
     for sample in samples[layout.group_index :: layout.plan.groups]:
-        state = model.encode(sample)
+        with recorder.encoding():
+            state = model.encode(sample)
         finals[sample.index] = model.denoise(state, all_steps, recorder.on_step_for(sample, all_steps)).to("cpu")
         if layout.is_group_leader:
             recorder.sample_done(sample)
