@@ -44,7 +44,7 @@ class DecodeTask:
 
 
 def plan_decode(num_samples: int, world_size: int, frames: int, chunk: int) -> list[DecodeTask]:
-    """Which rank decodes which frames of each sample (every rank computes the same plan)."""
+    """Which of ranks 0..world_size-1 decodes which frames of each sample (every rank computes the same plan)."""
     tasks = []
     for position in range(num_samples):
         if num_samples >= world_size:
@@ -128,8 +128,10 @@ def decode_and_write(
     input_targets: dict[int, str],
     fps: int,
     events: EventSink,
+    manifest: Path | None = None,
 ) -> list[dict]:
-    """Decode this rank's parts, sample by sample; writers write. Returns one row per sample written here."""
+    """Decode this rank's parts, sample by sample; writers write (and append to `manifest` when given: under
+    torchrun no parent sees every rank's events). Returns one row per sample written here."""
     rows = []
     frame_shape = (model.height, model.width, 3)
     for task in tasks:
@@ -152,6 +154,8 @@ def decode_and_write(
             media.write_png(Path(input_targets[sample.index]), model.input_image(sample))
             files.append(input_targets[sample.index])
         events.emit(FilesWritten(ctx.rank, sample=sample.index, files=tuple(files)))
+        if manifest is not None:
+            media.append_manifest(manifest, sample.index, files)
         rows.append({"index": sample.index, "files": files, "decode_s": decode_s, "rank": ctx.rank,
                      "decoded_on_ranks": [p.rank for p in task.parts]})
     return rows

@@ -3,7 +3,6 @@ UNet and decodes on every rank, writing each sample's files as soon as they exis
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -55,6 +54,7 @@ class GenerateJob:
     samples: tuple[Sample, ...]
     targets: dict  # sample index -> {format: path}
     input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
+    manifest: str | None = None  # under torchrun the writing rank appends the manifest line itself
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
@@ -67,12 +67,13 @@ class GenerateJob:
         events.emit(PhaseStarted(ctx.rank, phase="decode"))
         model.release_denoiser()
         spec = model.state_spec()["latents"]
-        tasks = plan_decode(len(samples), ctx.world_size, spec.shape[1], self.config.decode_chunk_size)
+        # NOTE: over several machines only rank 0's machine decodes, so every file lands beside the report.
+        tasks = plan_decode(len(samples), ctx.first_machine_ranks, spec.shape[1], self.config.decode_chunk_size)
         owner_group = scheduler_for(self.plan).owner_group
         mine = redistribute(ctx, samples, tasks, finals,
                             lambda position: layout.group_ranks(owner_group(position, self.plan.groups)), spec)
         rows = decode_and_write(ctx, model, samples, tasks, mine, self.targets, self.input_targets,
-                                self.config.fps, events)
+                                self.config.fps, events, Path(self.manifest) if self.manifest else None)
         mark_memory(ctx.device, record, "decode")
         gathered = gather_to_first(ctx, (record, rows))
         if not ctx.is_first:
@@ -141,11 +142,11 @@ def generate(config: GenerateConfig) -> dict | None:
     manifest = Path(config.out) / "manifest.jsonl"
 
     def log_files(event) -> None:
-        if isinstance(event, FilesWritten):
-            with manifest.open("a") as handle:
-                handle.write(json.dumps({"sample": event.sample, "files": list(event.files)}) + "\n")
+        if isinstance(event, FilesWritten) and not placement.torchrun:
+            media.append_manifest(manifest, event.sample, event.files)
 
-    job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(samples), targets, inputs)
+    job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(samples), targets, inputs,
+                      str(manifest) if placement.torchrun else None)
     try:
         result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True,
                                   listener=log_files)

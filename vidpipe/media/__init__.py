@@ -13,6 +13,7 @@ from vidpipe.media.outputs import (
 )
 from vidpipe.media.video import check_ffmpeg_h264, write_mp4
 from vidpipe.media.writers import (
+    append_manifest,
     png_frame_name,
     write_gif,
     write_json,
@@ -22,6 +23,7 @@ from vidpipe.media.writers import (
 )
 
 __all__ = [
+    "append_manifest",
     "remove_temporaries",
     "FORMATS",
     "check_ffmpeg_h264",

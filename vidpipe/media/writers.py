@@ -97,3 +97,11 @@ def write_json(path: Path, obj: Any) -> None:
     text = json.dumps(obj, indent=2, ensure_ascii=False) + "\n"  # fails before any file is created
     with atomic_output(Path(path)) as temp:
         temp.write_text(text, encoding="utf-8")
+
+
+def append_manifest(path: Path, sample: int, files: list[str]) -> None:
+    """One line `{"sample": i, "files": [...]}` appended to the output folder's manifest.jsonl. NOTE: a single
+    write of one short line in append mode, so ranks appending to the same file never interleave their lines."""
+    line = json.dumps({"sample": sample, "files": list(files)}) + "\n"
+    with Path(path).open("a", encoding="utf-8") as handle:
+        handle.write(line)

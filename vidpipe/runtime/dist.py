@@ -38,6 +38,7 @@ class DistContext:
     local_rank: int
     device: torch.device
     backend: str
+    local_world_size: int = 1  # ranks on this rank's machine (under torchrun, --nproc-per-node)
     #: Wall times of this rank's start-up stages ("launched", "started", "joined"); jobs add "loaded" and
     #: "first_step". Reported as seconds after launch (`metrics.startup_seconds`).
     stage_times: dict[str, float] = field(default_factory=dict, compare=False)
@@ -49,6 +50,11 @@ class DistContext:
     @property
     def is_last(self) -> bool:
         return self.rank == self.world_size - 1
+
+    @property
+    def first_machine_ranks(self) -> int:
+        """Ranks on rank 0's machine: torchrun numbers each node's ranks consecutively, rank 0's node first."""
+        return self.local_world_size if self.local_world_size < self.world_size else self.world_size
 
     def synchronize(self) -> None:
         """Wait for the device's queued work, so that a clock read after it means something."""
@@ -84,7 +90,8 @@ def join(setup: RankSetup, started_at: float | None = None) -> DistContext:
     else:
         dist.init_process_group(setup.backend, timeout=timeout)  # env:// from torchrun
     stage_times["joined"] = time.time()
-    return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend, stage_times)
+    return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend,
+                       setup.local_world_size, stage_times)
 
 
 def leave() -> None:

@@ -1,0 +1,76 @@
+"""Two torchrun launchers on this machine as two "nodes" (2 ranks each, c10d rendezvous): simulate and generate
+run over all 4 ranks and give the 1-rank latents; the report and every file land on rank 0's node."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, read_json, vidpipe_env
+
+TINY = ["--model", "tiny", "--steps", "4", "--device", "cpu", "--max-guidance", "2.5"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_nodes(*args: str, timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """`torchrun --nnodes 2 --nproc-per-node 2 ... -m vidpipe ARGS`, twice at once, as two machines would."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
+               uuid.uuid4().hex, "-m", "vidpipe", *args]
+    env = {**vidpipe_env(), "VIDPIPE_THREADS_PER_RANK": "1"}
+    nodes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+             for _ in range(2)]
+    results = []
+    for node in nodes:
+        out, err = node.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(command, node.returncode, out, err))
+    return results
+
+
+@pytest.mark.parametrize("strategy", ["pp", "dp"])
+def test_simulate_over_two_nodes(tmp_path, strategy):
+    report_path = tmp_path / "r.json"
+    nodes = two_nodes("simulate", "--strategy", strategy, "--steps", "8", "--samples", "4", "--latent-shape",
+                      "1", "4", "2", "8", "8", "--device", "cpu", "--json", str(report_path))
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    report = read_json(report_path)
+    assert report["world_size"] == 4 and report["plan"] == f"{strategy}4"
+    assert report["verified"] is True and report["verify_mode"] == "bit-identical"
+
+
+@pytest.mark.parametrize("strategy", ["pp", "dp"])
+def test_generate_over_two_nodes_equals_one_rank(tmp_path, strategy):
+    one = subprocess.run([sys.executable, "-m", "vidpipe", "generate", str(REPO / "examples" / "sunset.png"), *TINY,
+                          "--samples", "3", "--format", "gif", "--save-latents", "--out", str(tmp_path / "one"),
+                          "--gpus", "1", "--cache-dir", str(tmp_path / "cache")],
+                         capture_output=True, text=True, timeout=240, cwd=REPO,
+                         env={**vidpipe_env(), "VIDPIPE_THREADS_PER_RANK": "1"})
+    assert one.returncode == 0, one.stderr[-3000:]
+    out = tmp_path / "nodes"
+    nodes = two_nodes("generate", str(REPO / "examples" / "sunset.png"), *TINY, "--samples", "3", "--strategy",
+                      strategy, "--format", "gif", "--save-latents", "--out", str(out), "--cache-dir",
+                      str(tmp_path / "cache"), "--json", str(tmp_path / "r.json"))
+    for node in nodes:
+        assert node.returncode == 0, node.stderr[-3000:]
+    report = read_json(tmp_path / "r.json")
+    assert report["world_size"] == 4
+    # Only rank 0's machine (ranks 0 and 1) decodes: every file is written beside the report.
+    assert {s["decoded_on_rank"] for s in report["samples"]} <= {0, 1}
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(entry["sample"] for entry in manifest) == [0, 1, 2]
+    for i in range(3):
+        name = f"sunset_s{i}_seed{i}.latents.safetensors"
+        assert torch.equal(load_file(out / name)["latents"], load_file(tmp_path / "one" / name)["latents"])
