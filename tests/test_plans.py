@@ -151,3 +151,32 @@ def test_split_unet_equals_the_whole_unet(plan_text, ranks, frames):
     result = launch(UNetSplitJob(plan_text, frames), LaunchSpec(ranks, "cpu", "gloo", 120.0), lambda e: None)
     assert result["diff"] <= 1e-5 * max(1.0, result["scale"]), result
     assert result["sent"] == result["analytic"]
+
+
+def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
+    """Regional torch.compile of the tiny UNet: every repeated block but the ones holding sp's collectives, and
+    the same output as eager (traced with aot_eager: dynamo and AOT autograd, without inductor's C++ build)."""
+    from diffusers import UNetSpatioTemporalConditionModel
+
+    from vidpipe.parallel.comm import CommStats, Group
+    from vidpipe.parallel.compile import apply_compile
+    from vidpipe.parallel.sp import apply_sp
+
+    config = UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        unet = UNetSpatioTemporalConditionModel.from_config(config).eval()
+        sample, embeddings = torch.randn(2, 3, 8, 8, 8), torch.randn(2, 1, 32)
+    time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
+    with torch.no_grad():
+        eager = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
+        assert apply_compile(unet, backend="aot_eager") == 36
+        compiled = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
+    assert (compiled - eager).abs().max().item() <= 1e-5
+
+    # Under sp the temporal res blocks hold collectives (halos, GroupNorm statistics): they stay eager.
+    with torch.random.fork_rng():
+        fresh = UNetSpatioTemporalConditionModel.from_config(config).eval()
+    split = apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
+    temporal_res_blocks = sum(type(m).__name__ == "TemporalResnetBlock" for m in fresh.modules())
+    assert apply_compile(split, backend="aot_eager") == 36 - temporal_res_blocks

@@ -19,7 +19,7 @@ CSV_COLUMNS = (
     "steady_interval_s", "throughput_samples_per_s",
     "time_per_sample_s", "makespan_s", "speedup", "scaling_efficiency", "speedup_vs_baseline", "efficiency",
     "split_comm_bytes_per_step_per_rank", "split_comm_bytes_per_step_analytic", "split_comm_calls_per_step_per_rank",
-    "launch_to_first_step_s",
+    "launch_to_first_step_s", "compiled", "compile_s_per_rank", "step_time_s", "step_time_vs_baseline",
     "peak_memory_gb_per_rank", "peak_memory_kind", "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
     "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples", "repeats", "throughput_per_repeat",
 )
@@ -77,10 +77,11 @@ def bench_table(summary: dict) -> Table:
                 "speed-up over the same strategy on 1 GPU, xbase = over diffusers; scal = x1 / GPUs; "
                 "eff = ideal / measured makespan; "
                 f"{memory} = peak per rank (max over ranks); comm = hand-off wait, max over ranks; KB/step = "
-                "what cfg/sp collectives sent per step from the busiest rank, measured / analytic",
+                "what cfg/sp collectives sent per step from the busiest rank, measured / analytic; step s = median "
+                "step, step/base = over the stock pipeline's; compile s = the first step's extra time (--compile)",
     )
     columns = ("strategy", "plan", "GPUs", "first s", "latency s", "lat x1", "interval s", "samples/s", "x1",
-               "xbase", "scal", "eff", memory, "comm s", "KB/step", "ok")
+               "xbase", "scal", "eff", "step s", "step/base", "compile s", memory, "comm s", "KB/step", "ok")
     rows = []
     for run in runs:
         if run["status"] != "ok":
@@ -95,7 +96,8 @@ def bench_table(summary: dict) -> Table:
             latency, _num(run.get("latency_speedup"), 2, "x"),
             _num(run["steady_interval_s"]), _num(run["throughput_samples_per_s"]),
             _num(run["speedup"], 2, "x"), _num(run["speedup_vs_baseline"], 2, "x"),
-            _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2),
+            _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2), _num(run["step_time_s"], 3),
+            _num(run.get("step_time_vs_baseline"), 2), _num(_max(run.get("compile_s_per_rank")), 1),
             _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2), sent,
             "yes" if run["verified"] else "NO",
         ))

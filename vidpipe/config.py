@@ -39,6 +39,7 @@ class RunOptions:
     stall_timeout_s: float = 300.0
     verbose: bool = False
     load_timeout_s: float = 600.0
+    compile: bool = False  # torch.compile the UNet's repeated blocks (SVD models)
 
     def __post_init__(self):
         if self.gpus is not None:
@@ -176,6 +177,9 @@ class GenerateConfig:
 
 #: `bench --compare` takes plans, and the stock pipeline as the baseline row.
 BASELINE = "diffusers"
+#: `bench --compile`: eager only, compiled only, or both side by side (a compiled run's label ends in this).
+COMPILE_CHOICES = ("off", "on", "both")
+COMPILED = "+compile"
 
 
 def parse_list(flag: str, text: str, choices: tuple[str, ...] | None = None) -> tuple[str, ...]:
@@ -260,6 +264,7 @@ class BenchConfig(MachineOptions):
     csv_path: str | None = None
     plot_dir: str | None = None
     verbose: bool = False
+    compile: str = "off"  # off | on | both (each plan eager and compiled, side by side)
 
     def __post_init__(self):
         if not self.compare:
@@ -278,6 +283,10 @@ class BenchConfig(MachineOptions):
         if self.steps is not None:
             _at_least("--steps", self.steps, 1)
         _at_least("--step-ms", self.step_ms, 0)
+        _choice("--compile", self.compile, COMPILE_CHOICES)
+        if self.is_dummy and self.compile != "off":
+            raise UsageError("--compile compiles an SVD UNet's blocks; the dummy model has none: use --model tiny, "
+                             "small or svd-xt-random")
         if self.is_dummy:
             SimulateConfig(RunOptions(), steps=self.total_steps, samples=self.samples,
                            latent_shape=self.latent_shape)  # the same shape checks as simulate
@@ -309,6 +318,10 @@ class BenchConfig(MachineOptions):
     @property
     def strategies(self) -> tuple[str, ...]:
         return tuple(name for name in self.compare if name != BASELINE)
+
+    def labels(self, name: str) -> tuple[str, ...]:
+        """The runs of one --compare entry: 'dp', 'dp+compile' or both, as --compile says."""
+        return {"off": (name,), "on": (name + COMPILED,), "both": (name, name + COMPILED)}[self.compile]
 
     def run_options(self, strategy: str, gpus: int, verbose: bool = False) -> RunOptions:
         return super().run_options(strategy, gpus, self.verbose)

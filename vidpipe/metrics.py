@@ -33,6 +33,7 @@ class RankRecord:
     steps: list[tuple[int, int, float, float]] = field(default_factory=list)  # (sample, step, start_s, end_s)
     comm_s: float = 0.0
     encode_s: float = 0.0  # time in `model.encode` (conditioning and starting noise)
+    compile_s: float | None = None  # --compile: the first step's extra time (None without --compile)
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes
     memory_kind: str = "cpu_peak_rss"
     threads: int = 1
@@ -205,6 +206,7 @@ def summarize(
         "rank_busy_fraction": [b / makespan if makespan > 0 else None for b in tl.busy_s],
         "comm_s_per_rank": [r.comm_s if r.comm_measured else None for r in records],
         "encode_s_per_rank": [round(r.encode_s, 4) for r in records],
+        "compile_s_per_rank": [None if r.compile_s is None else round(r.compile_s, 3) for r in records],
         # Where each rank's makespan went: denoising steps, encoding, waiting on hand-offs, and the rest (CPU work
         # between steps and blocks, pipeline fill and drain not spent waiting on a receive).
         "time_breakdown_per_rank": [

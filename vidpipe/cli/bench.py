@@ -47,6 +47,9 @@ def bench(
     step_ms: Annotated[float, typer.Option(
         "--step-ms", help="dummy: each UNet call takes this long without using the CPU, like a GPU kernel.")] = 0.0,
     image: Annotated[Path | None, typer.Option(help="SVD models: input image (default: a built-in test card).")] = None,
+    compile_unet: Annotated[str, typer.Option(
+        "--compile", help="off | on | both: torch.compile the UNet's repeated blocks (SVD models); both = every plan "
+                          "eager and compiled ('dp+compile'), with compile seconds apart from step time.")] = "off",
     seed: Seed = 0,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -82,7 +85,8 @@ def bench(
         step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,
         backend=backend, stall_timeout_s=stall_timeout, load_timeout_s=load_timeout, offline=offline,
         cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
-        csv_path=str(csv_path) if csv_path else None, plot_dir=str(plot_dir) if plot_dir else None, verbose=verbose,
+        csv_path=str(csv_path) if csv_path else None, compile=compile_unet,
+        plot_dir=str(plot_dir) if plot_dir else None, verbose=verbose,
     )
     if latent_shape is not None and not config.is_dummy:
         from vidpipe.errors import UsageError

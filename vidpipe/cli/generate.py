@@ -66,6 +66,9 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     resume: Annotated[bool, typer.Option(help="Skip samples whose output files are all there already.")] = False,
     warmup_samples: WarmupSamples = 0,
+    compile_unet: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the UNet block by block (its repeated blocks; minutes to compile the first "
+                          "time, cached after; on CPU it needs a C compiler). Works with every plan.")] = False,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
     verbose: Verbose = False,
@@ -80,7 +83,7 @@ def generate(
     from vidpipe.jobs.generate import generate as run_generate
     from vidpipe.media import parse_formats
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout, compile_unet)
     config = GenerateConfig(
         run, tuple(str(p) for p in images), model, samples, seed, steps, frames, height, width, fps,
         motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from vidpipe.bench_output import print_bench, write_csv
-from vidpipe.config import BASELINE, BenchConfig, SimulateConfig
+from vidpipe.config import BASELINE, COMPILED, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
@@ -22,12 +22,19 @@ from vidpipe.verify import compare_finals
 def plan_runs(config: BenchConfig) -> list[tuple[str, int]]:
     """The baseline first (one device), then each strategy on each rank count, fewest ranks first: the 1-rank
     run of a strategy is the one its speed-up is measured against."""
-    runs = [(BASELINE, 1)] if BASELINE in config.compare else []
-    runs += [(strategy, gpus) for strategy in config.strategies for gpus in sorted(config.gpus)]
+    runs = [(label, 1) for label in config.labels(BASELINE)] if BASELINE in config.compare else []
+    runs += [(label, gpus) for strategy in config.strategies for label in config.labels(strategy)
+             for gpus in sorted(config.gpus)]
     return runs
 
 
-def skip_reason(config: BenchConfig, strategy: str, gpus: int, device_type: str, frames: int) -> str | None:
+def split_label(label: str) -> tuple[str, bool]:
+    """'dp+compile' -> ('dp', True)."""
+    return label.removesuffix(COMPILED), label.endswith(COMPILED)
+
+
+def skip_reason(config: BenchConfig, label: str, gpus: int, device_type: str, frames: int) -> str | None:
+    strategy, _compiled = split_label(label)
     if device_type == "cuda" and gpus > cuda_device_count():
         return f"{gpus} ranks need {gpus} GPUs; this machine has {cuda_device_count()}"
     if strategy == BASELINE:
@@ -62,23 +69,26 @@ class SvdBench:
     def frames(self) -> int:
         return self.size[0]
 
-    def measure(self, strategy: str, gpus: int) -> dict:
+    def measure(self, label: str, gpus: int) -> dict:
         from vidpipe.jobs.diffuse_only import DiffuseJob, DiffusersBaselineJob
 
         config = self.config
+        strategy, compiled = split_label(label)
         run = config.run_options("dp" if strategy == BASELINE else strategy, gpus)
         placement = place(run, config.total_steps, default_gpus=gpus, frames=self.size[0])
         if strategy == BASELINE:
-            job = DiffusersBaselineJob(self.source, self.params, placement.dtype, self.samples, config.warmup_samples)
+            job = DiffusersBaselineJob(self.source, self.params, placement.dtype, self.samples, config.warmup_samples,
+                                       compiled)
         else:
             job = DiffuseJob(self.source, self.params, placement.plan, placement.dtype, self.samples,
-                             config.warmup_samples)
+                             config.warmup_samples, compiled)
         result = run_with_display(job, placement, len(self.samples), config.verbose)
         report = run_report(
-            "bench", config.model, strategy, placement.plan, placement.spec, placement.dtype, config.total_steps,
+            "bench", config.model, label, placement.plan, placement.spec, placement.dtype, config.total_steps,
             [s.seed for s in self.samples], config.warmup_samples, result["records"], **self.shape(),
         )
-        report.update(self._verify(f"{strategy} x{gpus}", result["finals"], placement))
+        report["compiled"] = compiled
+        report.update(self._verify(f"{label} x{gpus}", result["finals"], placement))
         report["split_comm_bytes_per_step_analytic"] = self.analytic_bytes(placement)
         return report
 
@@ -141,6 +151,9 @@ def add_ratios(runs: list[dict]) -> None:
     bench's own runs."""
     done = [r for r in runs if r["status"] == "ok"]
     baseline = next((r for r in done if r["strategy"] == BASELINE), None)
+    for run in done:  # per-device speed: this run's median step against the (eager) stock pipeline's
+        run["step_time_vs_baseline"] = (run["step_time_s"] / baseline["step_time_s"]
+                                        if baseline and baseline["step_time_s"] else None)
     one_gpu = [r for r in done if r["world_size"] == 1 and r["strategy"] != BASELINE]
     latency_reference = next((r for r in one_gpu if r["strategy"] == "dp"), one_gpu[0] if one_gpu else baseline)
     for run in done:

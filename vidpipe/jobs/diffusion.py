@@ -10,6 +10,7 @@ import torch.distributed as dist
 
 from vidpipe.metrics import RankRecord, StepRecorder, param_bytes, startup_seconds
 from vidpipe.models.base import DiffusionModel, Sample
+from vidpipe.parallel.compile import apply_compile
 from vidpipe.parallel.layout import Layout, build_layout
 from vidpipe.parallel.parallelize import parallelize
 from vidpipe.runtime.dist import DistContext
@@ -43,16 +44,19 @@ def run_diffusion(
     samples: list[Sample],
     warmup: int,
     events: EventSink,
+    compile_unet: bool = False,
 ) -> tuple[dict, RankRecord]:
     """Returns this rank's final latents {index: CPU tensor} and its measured record."""
     ctx = layout.ctx
     ctx.stage_times["loaded"] = time.time()
     parallelize(model, layout)
+    if compile_unet:
+        apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
     scheduler = scheduler_for(layout.plan)
+    warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
     if warmup > 0:
         events.emit(PhaseStarted(ctx.rank, phase="warmup"))
-        scheduler.run(layout, model, warmup_samples(samples, warmup),
-                      StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times))
+        scheduler.run(layout, model, warmup_samples(samples, warmup), warm)
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
     recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
     recorder.record.unet_param_bytes = param_bytes(model.unet)
@@ -67,7 +71,19 @@ def run_diffusion(
     record.split_comm_bytes, record.split_comm_calls, record.split_comm_s = (
         now - before for now, before in zip(layout.comm.snapshot(), comm_before, strict=True))
     record.startup_s = startup_seconds(ctx.stage_times)
+    if compile_unet:
+        record.compile_s = first_call_overhead(warm.record, record)
     return finals, record
+
+
+def first_call_overhead(warm: RankRecord, measured: RankRecord) -> float | None:
+    """Compile time, seen from outside: this rank's first step (warm-up, or the first measured one) minus its
+    median measured step. Every graph is compiled in the first step (all block shapes occur in it)."""
+    durations = sorted(end - start for _s, _k, start, end in measured.steps)
+    first = (warm.steps or measured.steps)[:1]
+    if not durations or not first:
+        return None
+    return max(0.0, (first[0][3] - first[0][2]) - durations[len(durations) // 2])
 
 
 def gather_to_first(ctx: DistContext, obj):
