@@ -11,6 +11,6 @@ for i in $(seq 1 "$runs"); do
 done
 sleep 2
 echo "runs succeeded: $ok/$runs"
-echo "vidpipe processes left: $(pgrep -fc 'vidpipe|spawn_main' || true)"
+echo "vidpipe processes left: $(pgrep -fc 'vidpipe|forkserver' || true)"
 echo "listening python sockets: $(ss -ltnp 2>/dev/null | grep -c python || true)"
 rm -rf "$out"

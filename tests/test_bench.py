@@ -149,16 +149,17 @@ def test_bench_usage_errors(capsys, args, expected):
 
 
 def _run(strategy: str, world_size: int, throughput: float | None, num_samples: int = 4,
-         latency: float = 1.0) -> dict:
+         latency: float = 1.0, step: float = 0.1) -> dict:
     makespan = num_samples / throughput if throughput else 0.0
     return {"strategy": strategy, "world_size": world_size, "status": "ok", "num_samples": num_samples,
-            "throughput_samples_per_s": throughput, "makespan_s": makespan, "latency_mean_s": latency}
+            "throughput_samples_per_s": throughput, "makespan_s": makespan, "latency_mean_s": latency,
+            "step_time_s": step}
 
 
 def test_add_ratios_against_one_rank_and_the_baseline():
     runs = [
-        _run("diffusers", 1, 2.0),
-        _run("pp", 1, 4.0),
+        _run("diffusers", 1, 2.0, step=0.2),
+        _run("pp", 1, 4.0, step=0.15),
         _run("pp", 2, 6.0),
         _run("pp", 4, 8.0),
         {"strategy": "pp", "world_size": 8, "status": "skipped", "reason": "too few steps"},
@@ -173,6 +174,7 @@ def test_add_ratios_against_one_rank_and_the_baseline():
     assert pp4["speedup"] == pytest.approx(2.0) and pp4["scaling_efficiency"] == pytest.approx(0.5)
     assert pp2["speedup_vs_baseline"] == pytest.approx(3.0) and pp4["speedup_vs_baseline"] == pytest.approx(4.0)
     assert pp4["time_per_sample_s"] == pytest.approx(1 / 8)
+    assert base["step_time_vs_baseline"] == 1.0 and pp1["step_time_vs_baseline"] == pytest.approx(0.75)
     # dp's 1-rank run failed: nothing to measure the speed-up against, but the baseline is still there
     assert dp2["speedup"] is None and dp2["scaling_efficiency"] is None
     assert dp2["speedup_vs_baseline"] == pytest.approx(2.5)

@@ -51,18 +51,26 @@ def test_simulate_over_two_nodes(tmp_path, strategy):
     assert report["verified"] is True and report["verify_mode"] == "bit-identical"
 
 
-@pytest.mark.parametrize("strategy", ["pp", "dp"])
-def test_generate_over_two_nodes_equals_one_rank(tmp_path, strategy):
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """The 1-rank run both generate cases compare with: (its output folder, the model cache)."""
+    root = tmp_path_factory.mktemp("one")
     one = subprocess.run([sys.executable, "-m", "vidpipe", "generate", str(REPO / "examples" / "sunset.png"), *TINY,
-                          "--samples", "3", "--format", "gif", "--save-latents", "--out", str(tmp_path / "one"),
-                          "--gpus", "1", "--cache-dir", str(tmp_path / "cache")],
+                          "--samples", "3", "--format", "gif", "--save-latents", "--out", str(root / "out"),
+                          "--gpus", "1", "--cache-dir", str(root / "cache")],
                          capture_output=True, text=True, timeout=240, cwd=REPO,
                          env={**vidpipe_env(), "VIDPIPE_THREADS_PER_RANK": "1"})
     assert one.returncode == 0, one.stderr[-3000:]
+    return root / "out", root / "cache"
+
+
+@pytest.mark.parametrize("strategy", ["pp", "dp"])
+def test_generate_over_two_nodes_equals_one_rank(tmp_path, one_rank, strategy):
+    reference, cache = one_rank
     out = tmp_path / "nodes"
     nodes = two_nodes("generate", str(REPO / "examples" / "sunset.png"), *TINY, "--samples", "3", "--strategy",
                       strategy, "--format", "gif", "--save-latents", "--out", str(out), "--cache-dir",
-                      str(tmp_path / "cache"), "--json", str(tmp_path / "r.json"))
+                      str(cache), "--json", str(tmp_path / "r.json"))
     for node in nodes:
         assert node.returncode == 0, node.stderr[-3000:]
     report = read_json(tmp_path / "r.json")
@@ -73,4 +81,4 @@ def test_generate_over_two_nodes_equals_one_rank(tmp_path, strategy):
     assert sorted(entry["sample"] for entry in manifest) == [0, 1, 2]
     for i in range(3):
         name = f"sunset_s{i}_seed{i}.latents.safetensors"
-        assert torch.equal(load_file(out / name)["latents"], load_file(tmp_path / "one" / name)["latents"])
+        assert torch.equal(load_file(out / name)["latents"], load_file(reference / name)["latents"])

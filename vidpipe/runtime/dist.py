@@ -27,6 +27,9 @@ class RankSetup:
     store_port: int | None = None
     timeout_s: float = 1800.0
     launched_at: float = 0.0  # wall time the command started (start-up figures are measured from it)
+    #: The launcher's VIDPIPE_* settings at launch time. NOTE: ranks are forked from a worker server that may
+    #: have started long before (a long-lived process launches many runs), so its environment can be stale.
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,7 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
     # The modules this job's ranks need, imported once by the server (a no-op if the command started it already).
     start_worker_server(getattr(job, "preload", DEFAULT_PRELOAD))
     launched_at = process_start_time()
+    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("VIDPIPE_")))
     events = CONTEXT.Queue()
     # NOTE: port 0 lets the OS pick a free port and the parent keeps the listening socket: no race between
     # choosing a port and binding it, so several vidpipe runs can start at the same moment.
@@ -67,7 +68,7 @@ def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
     try:
         for rank in range(spec.world_size):
             setup = RankSetup(rank, spec.world_size, rank, spec.world_size, spec.device_type, spec.backend,
-                              "127.0.0.1", store.port, launched_at=launched_at)
+                              "127.0.0.1", store.port, launched_at=launched_at, env=settings)
             process = CONTEXT.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
             process.start()
             workers.append(process)

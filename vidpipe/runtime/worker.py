@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import io
+import os
 import signal
 import sys
 import threading
@@ -96,6 +97,7 @@ def _quiet_loading_bars() -> None:
 def worker_entry(setup: RankSetup, job, queue) -> None:
     """Target of each rank's process. Errors become a `WorkerError` event naming this rank, then exit 1."""
     started_at = time.time()
+    os.environ.update(dict(setup.env))
     _die_with_parent(setup.rank)
     # NOTE: Ctrl-C reaches the whole foreground process group; the parent alone decides how ranks stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
