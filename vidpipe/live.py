@@ -56,8 +56,7 @@ class LiveView:
         elif isinstance(event, StepDone):
             status.sample, status.step = event.sample, event.step
             status.block_position, status.steps_in_block = event.block_position, event.steps_in_block
-            if event.sample >= 0:
-                status.steps_done += 1
+            status.steps_done = max(status.steps_done, event.steps_done)
             if self.verbose:
                 self.live.console.print(
                     f"[rank={event.rank}] step {event.step} completed in {event.seconds * 1000:.2f} ms"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from vidpipe.models.base import Sample, StepCallback
-from vidpipe.runtime.events import EventSink, SampleDone, StepDone
+from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, SampleDone, StepDone
 from vidpipe.runtime.faults import fault_for, maybe_fail
 
 GIB = 1024**3
@@ -49,9 +49,13 @@ class RankRecord:
 class StepRecorder:
     """Times every denoising step of the measured run on one rank and reports progress as it goes."""
 
-    def __init__(self, device: torch.device, events: EventSink, rank: int, stage_times: dict | None = None):
+    def __init__(self, device: torch.device, events: EventSink, rank: int, stage_times: dict | None = None,
+                 every_step: bool = False):
         self.device = device
         self.events = events
+        self.every_step = every_step  # report every step (--verbose), not at most every STEP_EVENT_INTERVAL_S
+        self.steps_done = 0
+        self.reported_at = 0.0
         self.record = RankRecord(rank=rank, threads=torch.get_num_threads())
         self.t0 = time.perf_counter()
         self.fault_step = fault_for(rank)
@@ -80,33 +84,35 @@ class StepRecorder:
             end = self.now()
             self.stage_times.setdefault("first_step", time.time())
             self.record.steps.append((sample.index, step, last, end))
-            self.events.emit(
-                StepDone(rank, sample=sample.index, step=step, seconds=end - last,
-                         steps_in_block=len(block), block_position=step - block.start + 1)
-            )
+            if sample.index >= 0:
+                self.steps_done += 1
+            if self.every_step or step == block.stop - 1 or end - self.reported_at >= STEP_EVENT_INTERVAL_S:
+                self.reported_at = end
+                self.events.emit(
+                    StepDone(rank, sample=sample.index, step=step, seconds=end - last, steps_in_block=len(block),
+                             block_position=step - block.start + 1, steps_done=self.steps_done)
+                )
             last = end
             if sample.index >= 0:
                 maybe_fail(rank, step, self.fault_step)
 
         return on_step
 
-    @contextmanager
     def waiting(self):
         """Time spent blocked on communication counts as `comm_s`."""
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.record.comm_s += time.perf_counter() - started
+        return self._timed("comm_s")
 
-    @contextmanager
     def encoding(self):
         """Time spent encoding samples counts as `encode_s`."""
+        return self._timed("encode_s")
+
+    @contextmanager
+    def _timed(self, figure: str):
         started = time.perf_counter()
         try:
             yield
         finally:
-            self.record.encode_s += time.perf_counter() - started
+            setattr(self.record, figure, getattr(self.record, figure) + time.perf_counter() - started)
 
     def sample_done(self, sample: Sample) -> None:
         self.events.emit(SampleDone(self.record.rank, sample=sample.index))

@@ -45,20 +45,22 @@ def run_diffusion(
     warmup: int,
     events: EventSink,
     compile_unet: bool = False,
+    every_step: bool = False,
 ) -> tuple[dict, RankRecord]:
-    """Returns this rank's final latents {index: CPU tensor} and its measured record."""
+    """Returns this rank's final latents {index: CPU tensor} and its measured record. `every_step`: report each
+    step to the parent (--verbose prints them), not at most ten a second."""
     ctx = layout.ctx
     ctx.stage_times["loaded"] = time.time()
     parallelize(model, layout)
     if compile_unet:
         apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
     scheduler = scheduler_for(layout.plan)
-    warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
+    warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     if warmup > 0:
         events.emit(PhaseStarted(ctx.rank, phase="warmup"))
         scheduler.run(layout, model, warmup_samples(samples, warmup), warm)
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
-    recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times)
+    recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     recorder.record.unet_param_bytes = param_bytes(model.unet)
     recorder.mark_memory("load")
     ctx.barrier()

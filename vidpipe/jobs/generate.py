@@ -62,7 +62,7 @@ class GenerateJob:
         model = load_svd_for(layout, self.source, self.dtype, svd_params(self.config))
         samples = list(self.samples)
         finals, record = run_diffusion(layout, model, samples, self.config.warmup_samples, events,
-                                       self.config.run.compile)
+                                       self.config.run.compile, every_step=self.config.run.verbose)
 
         # Phase 2: the UNet goes first, so decode has the memory diffusion used.
         events.emit(PhaseStarted(ctx.rank, phase="decode"))

@@ -67,7 +67,8 @@ class SimulateJob:
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         layout = build_layout(ctx, self.plan)
         model = DummyModel(dummy_params(self.config, self.plan), ctx.device, DTYPES[self.dtype])
-        finals, record = run_diffusion(layout, model, samples_of(self.config), self.config.warmup_samples, events)
+        finals, record = run_diffusion(layout, model, samples_of(self.config), self.config.warmup_samples, events,
+                                       every_step=self.config.run.verbose)
         gathered = gather_to_first(ctx, (record, finals))
         if not ctx.is_first:
             return None

@@ -23,11 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention import TemporalBasicTransformerBlock
-from diffusers.models.resnet import TemporalResnetBlock
-from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
-from vidpipe.models.dummy_temporal import StandInFrameMix, StandInTemporalResBlock, StandInTemporalTransformer
 from vidpipe.parallel.comm import Group, all_to_all, exchange_halo, gather_along, gather_small
 from vidpipe.parallel.plan import frame_split
 from vidpipe.parallel.wrapper import UNetWrapper
@@ -180,7 +176,7 @@ class GlobalFrameIndex(torch.nn.Module):
         return self.time_proj(positions + self.state.offset)
 
 
-def _split_temporal_resnet(block: TemporalResnetBlock, state: FrameSplitState) -> None:
+def _split_temporal_resnet(block: torch.nn.Module, state: FrameSplitState) -> None:
     block.norm1 = FrameSplitGroupNorm(block.norm1, state)
     block.norm2 = FrameSplitGroupNorm(block.norm2, state)
     block.conv1 = HaloConv3d(block.conv1, state)
@@ -192,26 +188,29 @@ def _split_temporal_blocks(model: torch.nn.Module, state: FrameSplitState) -> No
         model.temporal_transformer_blocks[index] = PixelSplitTemporalBlock(block, state)
 
 
-def _split_spatio_temporal_transformer(model: TransformerSpatioTemporalModel, state: FrameSplitState) -> None:
+def _split_spatio_temporal_transformer(model: torch.nn.Module, state: FrameSplitState) -> None:
     model.time_proj = GlobalFrameIndex(model.time_proj, state)
     _split_temporal_blocks(model, state)
 
 
-#: The layers that mix frames, and how each is split. Everything else runs on local frames unchanged. The
-#: simulator's stand-ins have the same parts under the same names, so they split the same way.
+#: The layers that mix frames, by class name (diffusers' `_repeated_blocks` convention, and no import of diffusers'
+#: model zoo, seconds per process), and how each is split. Everything else runs on local frames unchanged. The
+#: simulator's stand-ins (`models/dummy_temporal.py`) have the same parts under the same names.
 FRAME_MIXING_LAYERS = {
-    TemporalResnetBlock: _split_temporal_resnet,
-    TransformerSpatioTemporalModel: _split_spatio_temporal_transformer,
-    StandInTemporalResBlock: _split_temporal_resnet,
-    StandInTemporalTransformer: _split_temporal_blocks,
+    "TemporalResnetBlock": _split_temporal_resnet,
+    "TransformerSpatioTemporalModel": _split_spatio_temporal_transformer,
+    "StandInTemporalResBlock": _split_temporal_resnet,
+    "StandInTemporalTransformer": _split_temporal_blocks,
 }
+#: Blocks that attend over the frames of each pixel, which the splits above wrap in `PixelSplitTemporalBlock`.
+FRAME_ATTENTION_BLOCKS = ("TemporalBasicTransformerBlock", "StandInFrameMix")
 
 
 def apply_sp(unet: torch.nn.Module, group: Group) -> FrameSplit:
     """Patch `unet`'s frame-mixing layers for the sp group `group`; returns the frame-splitting wrapper."""
     state = FrameSplitState(group)
     for module in list(unet.modules()):
-        split = FRAME_MIXING_LAYERS.get(type(module))
+        split = FRAME_MIXING_LAYERS.get(type(module).__name__)
         if split is not None:
             split(module, state)
     _check_nothing_left(unet)
@@ -224,7 +223,7 @@ def _check_nothing_left(unet: torch.nn.Module) -> None:
     split = {id(m.conv) for m in modules if isinstance(m, HaloConv3d)}
     split |= {id(m.block) for m in modules if isinstance(m, PixelSplitTemporalBlock)}
     for name, module in unet.named_modules():
-        mixes_frames = (isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] > 1) or isinstance(
-            module, (TemporalBasicTransformerBlock, StandInFrameMix))
+        mixes_frames = (isinstance(module, torch.nn.Conv3d) and module.kernel_size[0] > 1) or (
+            type(module).__name__ in FRAME_ATTENTION_BLOCKS)
         if mixes_frames and id(module) not in split:
             raise NotImplementedError(f"sp: {name} ({type(module).__name__}) mixes frames and was not split")

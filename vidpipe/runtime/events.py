@@ -12,6 +12,9 @@ from typing import Any
 
 #: Seconds between two heartbeats of a worker.
 HEARTBEAT_S = 1.0
+#: Seconds between two step reports of a rank: the parent draws at 6 Hz, and hundreds of events a second from
+#: fast steps would take CPU from the ranks sharing the machine.
+STEP_EVENT_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,15 @@ class PhaseStarted(Event):
 
 @dataclass(frozen=True)
 class StepDone(Event):
+    """A rank's latest step. NOTE: not one per step: a rank reports at most every `STEP_EVENT_INTERVAL_S` (and
+    the last step of each block), unless every step is asked for (--verbose); `steps_done` counts them all."""
+
     sample: int = 0
     step: int = 0
     seconds: float = 0.0
     steps_in_block: int = 0
     block_position: int = 0  # 1-based position of this step inside the rank's block
+    steps_done: int = 0  # measured steps this rank has run so far (warm-up steps not counted)
 
 
 @dataclass(frozen=True)
