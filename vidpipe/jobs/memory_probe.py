@@ -64,7 +64,8 @@ class ProbeJob:
         if encodes:
             state = model.encode(sample)
         else:
-            state = {k: torch.zeros(s.shape, dtype=s.dtype, device=ctx.device) for k, s in model.state_spec().items()}
+            state = {k: torch.zeros(s.shape, dtype=s.dtype, device=ctx.device) for k, s in model.state_spec().items()
+                     if k != "sampling"}
         mark_memory(ctx.device, record, "encode")
 
         # One step is one UNet call at full size: the peak of any number of steps. Every rank calls it, so

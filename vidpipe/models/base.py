@@ -28,6 +28,7 @@ class Sample:
     seed: int
     image: Any = None  # a PIL image for image-to-video models; None for the simulator
     image_name: str = ""
+    params: Any = None  # this sample's own sampling parameters (a server's jobs differ); None: the model's
 
 
 @dataclass(frozen=True)

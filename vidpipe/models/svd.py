@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -250,15 +250,26 @@ class SVDModel:
         """Parallel axes replace the UNet with their wrapper of it (same call signature)."""
         self.pipeline.unet = denoiser
 
-    def state_spec(self) -> dict[str, TensorSpec]:
-        """Shapes and dtypes of what `encode` returns, in a fixed order (the conditioning is compact)."""
+    def params_of(self, sample: Sample | None) -> SVDParams:
+        """The sample's own parameters when it carries them (a server's jobs differ), else the model's; sizes
+        left at None are the model's."""
+        p = sample.params if sample is not None and sample.params is not None else self.params
+        return replace(p, frames=p.frames or self.num_frames, height=p.height or self.height,
+                       width=p.width or self.width)
+
+    def state_spec(self, params: SVDParams | None = None) -> dict[str, TensorSpec]:
+        """Shapes and dtypes of what `encode` returns for `params` (default: the model's), in a fixed order (the
+        conditioning is compact; `sampling` is [steps, min guidance, max guidance], so that a rank continuing
+        another's sample needs nothing else)."""
+        p = params or self.params_of(None)
         factor = self.pipeline.vae_scale_factor
-        latent = (self.latent_channels, self.height // factor, self.width // factor)
+        latent = (self.latent_channels, p.height // factor, p.width // factor)
         return {
-            "latents": TensorSpec((1, self.num_frames, *latent), self.dtype),
+            "latents": TensorSpec((1, p.frames, *latent), self.dtype),
             "image_embeddings": TensorSpec((1, 1, self.embedding_dim), self.dtype),
             "image_latents": TensorSpec((1, *latent), self.dtype),
             "added_time_ids": TensorSpec((1, 3), self.dtype),
+            "sampling": TensorSpec((3,), torch.float64),
         }
 
     @torch.no_grad()
@@ -268,7 +279,7 @@ class SVDModel:
         NOTE: one CPU generator, drawn in the pipeline's order: the noise-augmentation noise first, then the
         initial latents. Any other order or generator changes every output.
         """
-        pipe, device, p = self.pipeline, self.device, self.params
+        pipe, device, p = self.pipeline, self.device, self.params_of(sample)
         if pipe.image_encoder is None:
             raise RuntimeError("SVDModel.encode: this model was loaded with encoders=False")
         image = _rgb(sample.image)
@@ -279,7 +290,7 @@ class SVDModel:
 
         # 2. Noise-augmented image -> VAE latents. As the pipeline does, an fp16 VAE with force_upcast encodes
         #    in fp32; the cast is repeated each time because `decode` may have moved the VAE since.
-        pixels = pipe.video_processor.preprocess(image, height=self.height, width=self.width).to(device)
+        pixels = pipe.video_processor.preprocess(image, height=p.height, width=p.width).to(device)
         noise = randn_tensor(pixels.shape, generator=generator, device=device, dtype=pixels.dtype)
         pixels = pixels + p.noise_aug_strength * noise
         upcast = self.dtype == torch.float16 and pipe.vae.config.force_upcast
@@ -292,27 +303,33 @@ class SVDModel:
         ).to(device)
 
         # 4. Starting noise, scaled by this schedule's initial sigma (hence set_timesteps first).
-        pipe.scheduler.set_timesteps(self.num_steps, device=device)
-        shape = (1, self.num_frames, 2 * self.latent_channels, self.height, self.width)  # 2x: UNet input
+        pipe.scheduler.set_timesteps(p.steps, device=device)
+        shape = (1, p.frames, 2 * self.latent_channels, p.height, p.width)  # 2x: UNet input
         latents = pipe.prepare_latents(*shape, embeddings.dtype, device, generator)
         return {
             "latents": latents,
             "image_embeddings": embeddings,
             "image_latents": image_latents,
             "added_time_ids": time_ids,
+            "sampling": torch.tensor([p.steps, p.min_guidance, p.max_guidance], dtype=torch.float64),
         }
 
     @torch.no_grad()
     def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
-        """Run `steps`, a contiguous block of the `num_steps` schedule, on `state`; return the new latents."""
-        if steps.step != 1 or not 0 <= steps.start <= steps.stop <= self.num_steps:
-            raise ValueError(f"denoise: {steps} is not a contiguous block of range(0, {self.num_steps})")
+        """Run `steps`, a contiguous block of the sample's schedule, on `state`; return the new latents."""
+        if "sampling" in state:
+            num_steps, min_guidance, max_guidance = state["sampling"].tolist()
+            num_steps = int(num_steps)
+        else:
+            num_steps, min_guidance, max_guidance = self.num_steps, self.params.min_guidance, self.params.max_guidance
+        if steps.step != 1 or not 0 <= steps.start <= steps.stop <= num_steps:
+            raise ValueError(f"denoise: {steps} is not a contiguous block of range(0, {num_steps})")
         if self.pipeline.unet is None:
             raise RuntimeError("SVDModel.denoise: the denoiser was released")
-        state = {key: tensor.to(self.device) for key, tensor in state.items()}
-        guidance = (self.params.min_guidance, self.params.max_guidance)
+        state = {key: tensor.to(self.device) for key, tensor in state.items() if key != "sampling"}
         return denoise_block(
-            self.pipeline.unet, self.pipeline.scheduler, self.num_steps, state, steps, guidance, on_step
+            self.pipeline.unet, self.pipeline.scheduler, num_steps, state, steps, (min_guidance, max_guidance),
+            on_step,
         )
 
     def release_denoiser(self) -> None:
@@ -324,13 +341,13 @@ class SVDModel:
             torch.cuda.empty_cache()
 
     @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> np.ndarray:
         """Final latents [1, F, C, h, w] -> uint8 frames [F, H, W, 3], decoded in fp32, chunk by chunk."""
         pipe = self.pipeline
         device = torch.device("cpu") if self.params.vae_device == "cpu" else self.device
         _place(pipe.vae, device, torch.float32)
         frames = pipe.decode_latents(
-            latents.to(device, torch.float32), latents.shape[1], self.params.decode_chunk_size
+            latents.to(device, torch.float32), latents.shape[1], decode_chunk_size or self.params.decode_chunk_size
         )
         video = pipe.video_processor.postprocess_video(frames, output_type="np")[0]
         # Rounded as diffusers' numpy_to_pil does, so the frames equal the pipeline's PIL output.
@@ -338,4 +355,5 @@ class SVDModel:
 
     def input_image(self, sample: Sample) -> PIL.Image.Image:
         """The input image resized as the VAE sees it (height x width), e.g. for `{stem}_input.png`."""
-        return self.pipeline.video_processor.resize(_rgb(sample.image), self.height, self.width)
+        p = self.params_of(sample)
+        return self.pipeline.video_processor.resize(_rgb(sample.image), p.height, p.width)

@@ -55,60 +55,89 @@ def _run_as_torchrun_rank(setup: RankSetup, job, on_event):
 
 
 def _spawn_and_supervise(job, spec: LaunchSpec, on_event):
-    # The modules this job's ranks need, imported once by the server (a no-op if the command started it already).
-    start_worker_server(getattr(job, "preload", DEFAULT_PRELOAD))
-    launched_at = process_start_time()
-    settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("VIDPIPE_")))
-    events = CONTEXT.Queue()
-    # NOTE: port 0 lets the OS pick a free port and the parent keeps the listening socket: no race between
-    # choosing a port and binding it, so several vidpipe runs can start at the same moment.
-    store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
-    workers = []
-    previous_handlers = _install_signal_handlers(workers)
+    ranks = RankGroup(job, spec)
+    previous_handlers = _install_signal_handlers(ranks.workers)
     try:
+        ranks.start()
+        while True:
+            event = ranks.poll()
+            if isinstance(event, RunFinished):
+                break
+            if event is not None:
+                on_event(event)
+        # Success: every rank is past its work; let them exit on their own before anything is stopped.
+        ranks.join(WORKER_EXIT_WAIT_S)
+        return from_bytes(event.result)
+    finally:
+        ranks.stop()
+        _restore_signal_handlers(previous_handlers)
+
+
+class RankGroup:
+    """W worker processes running `job`, forked from the worker server around a rendezvous store this process
+    owns, and their supervision: `poll` returns their events one by one and raises `RankFailed` when a rank
+    fails, dies or stalls. `generate` runs one job to its end; `serve` keeps one alive across many jobs."""
+
+    def __init__(self, job, spec: LaunchSpec):
+        self.job = job
+        self.spec = spec
+        self.workers: list = []
+        self.events = None
+        self.store = None
+        self.watchdog: Watchdog | None = None
+        self._next_check = 0.0
+
+    def start(self) -> None:
+        # The modules this job's ranks need, imported once by the server (a no-op if the command started it).
+        start_worker_server(getattr(self.job, "preload", DEFAULT_PRELOAD))
+        spec = self.spec
+        launched_at = process_start_time()
+        settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("VIDPIPE_")))
+        self.events = CONTEXT.Queue()
+        # NOTE: port 0 lets the OS pick a free port and this process keeps the listening socket: no race between
+        # choosing a port and binding it, so several vidpipe runs can start at the same moment.
+        self.store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
         for rank in range(spec.world_size):
             setup = RankSetup(rank, spec.world_size, rank, spec.world_size, spec.device_type, spec.backend,
-                              "127.0.0.1", store.port, launched_at=launched_at, env=settings)
-            process = CONTEXT.Process(target=worker_entry, args=(setup, job, events), name=f"vidpipe-rank{rank}")
+                              "127.0.0.1", self.store.port, launched_at=launched_at, env=settings)
+            process = CONTEXT.Process(target=worker_entry, args=(setup, self.job, self.events),
+                                      name=f"vidpipe-rank{rank}")
             process.start()
-            workers.append(process)
-        watchdog = Watchdog(spec.world_size, spec.stall_timeout_s, spec.load_timeout_s, time.monotonic())
-        result = _supervise(workers, events, watchdog, on_event)
-        # Success: every rank is past its work; let them exit on their own before anything is stopped.
-        for worker in workers:
-            worker.join(timeout=WORKER_EXIT_WAIT_S)
-        return result
-    finally:
-        _stop_workers(workers)
-        _restore_signal_handlers(previous_handlers)
-        events.close()
-        del store  # closes the rendezvous port
+            self.workers.append(process)
+        self.watchdog = Watchdog(spec.world_size, spec.stall_timeout_s, spec.load_timeout_s, time.monotonic())
 
-
-def _supervise(workers, events, watchdog: Watchdog, on_event):
-    next_check = 0.0
-    while True:
+    def poll(self, timeout: float = 0.1) -> Event | None:
+        """The next event (heartbeats are consumed here), or None after `timeout`; raises `RankFailed`."""
         try:
-            event = events.get(timeout=0.1)
+            event = self.events.get(timeout=timeout)
         except queue_module.Empty:
             event = None
         now = time.monotonic()
         if event is not None:
-            watchdog.on_event(event, now)
+            self.watchdog.on_event(event, now)
             if isinstance(event, WorkerError):
-                raise _root_cause(workers, event)
-            if isinstance(event, RunFinished):
-                return from_bytes(event.result)
-            if not isinstance(event, Heartbeat):
-                on_event(event)
+                raise _root_cause(self.workers, event)
         # NOTE: checked on a clock, not only when the queue is idle: a busy run (many ranks' heartbeats and
         # steps) must still notice the one rank that has fallen silent.
-        if now >= next_check:
-            next_check = now + 0.1
-            _check_exits(workers, events)
-            reason = watchdog.check(now)
+        if now >= self._next_check:
+            self._next_check = now + 0.1
+            _check_exits(self.workers, self.events)
+            reason = self.watchdog.check(now)
             if reason is not None:
                 raise RankFailed(reason)
+        return None if isinstance(event, Heartbeat) else event
+
+    def join(self, timeout: float) -> None:
+        for worker in self.workers:
+            worker.join(timeout=timeout)
+
+    def stop(self) -> None:
+        """Stop every rank (SIGTERM, grace, SIGKILL) and close the rendezvous; safe to call twice."""
+        _stop_workers(self.workers)
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        self.store = None  # closes the rendezvous port
 
 
 def _short(message: str, limit: int = 300) -> str:

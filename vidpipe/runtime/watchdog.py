@@ -24,6 +24,13 @@ class Watchdog:
         self.heard_at = [now] * world_size  # last sign of life (any event) per rank
         self.progress_at = [now] * world_size  # last progress (any event but a heartbeat) per rank
         self.phase = ["starting"] * world_size
+        self.busy = True  # a server's ranks idle between jobs: no progress is expected then
+
+    def set_busy(self, busy: bool, now: float) -> None:
+        """A server tells whether work is in flight; the progress clock restarts when work arrives."""
+        if busy and not self.busy:
+            self.progress_at = [now] * len(self.progress_at)
+        self.busy = busy
 
     def on_event(self, event: Event, now: float) -> None:
         if not 0 <= event.rank < len(self.heard_at):
@@ -46,6 +53,8 @@ class Watchdog:
                     f"'{self.phase[rank]}' (a stopped or frozen process; --stall-timeout {self.stall_timeout_s:g})"
                     "; all ranks stopped"
                 )
+        if not self.busy:
+            return None
         loading = any(phase in LOADING_PHASES for phase in self.phase)
         allowance = max(self.stall_timeout_s, self.load_timeout_s) if loading else self.stall_timeout_s
         last_progress = max(self.progress_at)
