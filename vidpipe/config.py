@@ -362,3 +362,37 @@ class MemoryProbeConfig(MachineOptions):
         _at_least("--search-limit", self.search_limit, 1)
         _at_least("--decode-chunk-size", self.decode_chunk_size, 1)
         self.check_machine()
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """`vidpipe serve`: warm ranks behind an HTTP job queue."""
+
+    run: RunOptions
+    model: str = "stabilityai/stable-video-diffusion-img2vid-xt"
+    out: str = "outputs/serve"
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0: any free port (printed)
+    max_queue: int = 100
+    token: str | None = None
+    max_upload_mb: float = 20.0
+    offline: bool = False
+    cache_dir: str | None = None
+    vae_device: str = "gpu"
+
+    def __post_init__(self):
+        if self.run.strategy == AUTO:
+            raise UsageError("serve takes a plan (jobs arrive later, so there is nothing to choose from yet): e.g. "
+                             "--strategy dp for many videos, cfg2.sp2 for fast single videos")
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port}: must be between 0 (any free port) and 65535")
+        _at_least("--max-queue", self.max_queue, 1)
+        if self.max_upload_mb <= 0:
+            raise UsageError(f"--max-upload-mb {self.max_upload_mb}: must be a positive number of MB")
+        if self.host not in LOCAL_HOSTS and not self.token:
+            raise UsageError(f"--host {self.host} opens the server to other machines: set --token (or VIDPIPE_TOKEN) "
+                             "so that only those who hold it can submit jobs and read results")
+        _choice("--vae-device", self.vae_device, ("gpu", "cpu"))

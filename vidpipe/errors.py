@@ -30,5 +30,6 @@ class Interrupted(VidpipeError):
         import signal
 
         self.signum = signum
+        self.signal_name = signal.Signals(signum).name
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}: all ranks stopped")
+        super().__init__(f"interrupted by {self.signal_name}: all ranks stopped")

@@ -50,8 +50,9 @@ class StepRecorder:
     """Times every denoising step of the measured run on one rank and reports progress as it goes."""
 
     def __init__(self, device: torch.device, events: EventSink, rank: int, stage_times: dict | None = None,
-                 every_step: bool = False):
+                 every_step: bool = False, keep_steps: bool = True):
         self.device = device
+        self.keep_steps = keep_steps  # False for a server's ranks: they report progress, nobody gathers records
         self.events = events
         self.every_step = every_step  # report every step (--verbose), not at most every STEP_EVENT_INTERVAL_S
         self.steps_done = 0
@@ -83,7 +84,8 @@ class StepRecorder:
             nonlocal last
             end = self.now()
             self.stage_times.setdefault("first_step", time.time())
-            self.record.steps.append((sample.index, step, last, end))
+            if self.keep_steps:
+                self.record.steps.append((sample.index, step, last, end))
             if sample.index >= 0:
                 self.steps_done += 1
             if self.every_step or step == block.stop - 1 or end - self.reported_at >= STEP_EVENT_INTERVAL_S:

@@ -14,7 +14,9 @@ import typer
 from vidpipe.cli.bench import bench
 from vidpipe.cli.generate import generate
 from vidpipe.cli.memory_probe import memory_probe
+from vidpipe.cli.serve import serve
 from vidpipe.cli.simulate import simulate
+from vidpipe.cli.submit import submit
 from vidpipe.errors import VidpipeError
 
 # typer.BadParameter is click's BadParameter, whichever click typer runs on (its own vendored copy in recent
@@ -34,13 +36,15 @@ app = typer.Typer(
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
-    """vidpipe: generate, simulate, bench, memory-probe. Run `vidpipe COMMAND --help` for each."""
+    """vidpipe: generate, simulate, bench, memory-probe, serve, submit. Run `vidpipe COMMAND --help` for each."""
 
 
 app.command(no_args_is_help=True)(generate)
 app.command(no_args_is_help=False)(simulate)
 app.command(no_args_is_help=False)(bench)
 app.command("memory-probe", no_args_is_help=False)(memory_probe)
+app.command(no_args_is_help=False)(serve)
+app.command(no_args_is_help=True)(submit)
 
 
 def _error(message: str) -> None:

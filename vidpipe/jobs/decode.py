@@ -104,7 +104,7 @@ def write_sample(frames, latents: torch.Tensor | None, targets: dict[str, str], 
     return list(targets.values())
 
 
-def _gather_frames(ctx: DistContext, task: DecodeTask, decoded: np.ndarray | None, frame_shape) -> np.ndarray | None:
+def gather_frames(ctx: DistContext, task: DecodeTask, decoded: np.ndarray | None, frame_shape) -> np.ndarray | None:
     """The writer receives every other part's uint8 frames, in order; the other decoders send theirs."""
     if ctx.rank != task.writer:
         if decoded is not None:
@@ -146,7 +146,7 @@ def decode_and_write(
         decode_s = time.perf_counter() - started
         total = task.parts[-1].frames.stop
         events.emit(FramesDecoded(ctx.rank, sample=sample.index, frames=len(decoded), total_frames=total))
-        frames = _gather_frames(ctx, task, decoded, frame_shape) if len(task.parts) > 1 else decoded
+        frames = gather_frames(ctx, task, decoded, frame_shape) if len(task.parts) > 1 else decoded
         if ctx.rank != task.writer:
             continue
         files = write_sample(frames, latents, targets[sample.index], fps)

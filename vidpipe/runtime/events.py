@@ -30,7 +30,8 @@ class Heartbeat(Event):
 
 @dataclass(frozen=True)
 class StageReached(Event):
-    """A start-up stage: "started" (forked, imports done), "joined" (process group up)."""
+    """A start-up stage: "started" (forked, imports done), "joined" (process group up), "ready" (a server's
+    ranks have loaded and split the model and wait for work)."""
 
     stage: str = ""
 
@@ -56,6 +57,13 @@ class StepDone(Event):
 @dataclass(frozen=True)
 class SampleDone(Event):
     """A sample finished diffusion (on the last rank that touched it)."""
+
+    sample: int = 0
+
+
+@dataclass(frozen=True)
+class SampleCancelled(Event):
+    """A server's sample stopped at a step boundary because its job was cancelled."""
 
     sample: int = 0
 

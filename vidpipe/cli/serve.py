@@ -1,0 +1,68 @@
+"""`vidpipe serve`: warm GPUs behind a job queue over HTTP."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from vidpipe.cli.options import (
+    PLAN_HELP,
+    Backend,
+    CacheDir,
+    Device,
+    Dtype,
+    Gpus,
+    LoadTimeout,
+    Offline,
+    StallTimeout,
+)
+from vidpipe.config import RunOptions, ServeConfig
+from vidpipe.runtime.forkserver import start_worker_server
+
+
+def serve(
+    model: Annotated[str, typer.Option(
+        help="Hub id, local diffusers directory, svd-xt, tiny, small or svd-xt-random (see generate --help).")
+    ] = "stabilityai/stable-video-diffusion-img2vid-xt",
+    gpus: Gpus = None,
+    strategy: Annotated[str, typer.Option(
+        help="The plan the warm ranks run every job with: " + PLAN_HELP)] = "dp",
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    backend: Backend = "auto",
+    out: Annotated[Path, typer.Option(help="Jobs (SQLite), uploads and results go here.")] = Path("outputs/serve"),
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. Anything but this machine (127.0.0.1) needs --token.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on; 0 = any free port (printed).")] = 8000,
+    max_queue: Annotated[int, typer.Option(
+        "--max-queue", help="Jobs waiting at most; a full queue answers 429 at once.")] = 100,
+    token: Annotated[str | None, typer.Option(
+        help="Bearer token every route but /v1/health requires (default: $VIDPIPE_TOKEN, else none).")] = None,
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload.")] = 20.0,
+    vae_device: Annotated[str, typer.Option(
+        "--vae-device", help="gpu | cpu: where the warm ranks decode (the UNet stays loaded).")] = "gpu",
+    compile_unet: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the UNet's repeated blocks once, at start.")] = False,
+    offline: Offline = False,
+    cache_dir: CacheDir = None,
+    stall_timeout: StallTimeout = 300.0,
+    load_timeout: LoadTimeout = 600.0,
+) -> None:
+    """Keep the model warm on the GPUs and run jobs as they come over HTTP (see docs/serve.md).
+
+    Example: vidpipe serve --gpus 4 --strategy dp   then   vidpipe submit photo.png --server http://127.0.0.1:8000
+
+    POST /v1/jobs (multipart: image + generate's options, or a JSON sweep), GET /v1/jobs/{id}, its /events
+    (Server-Sent Events), DELETE to cancel, GET /v1/files/{id}/{name}, GET /v1/health; the page is at /.
+    """
+    start_worker_server()  # imports for the ranks, on another core, while we check the input
+    from vidpipe.serve.server import serve as run_server
+
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, False, load_timeout, compile_unet)
+    run_server(ServeConfig(
+        run, model, str(out), host, port, max_queue, token or os.environ.get("VIDPIPE_TOKEN") or None, max_upload_mb,
+        offline, str(cache_dir) if cache_dir else None, vae_device,
+    ))
