@@ -88,7 +88,8 @@ class StepRecorder:
                 self.record.steps.append((sample.index, step, last, end))
             if sample.index >= 0:
                 self.steps_done += 1
-            if self.every_step or step == block.stop - 1 or end - self.reported_at >= STEP_EVENT_INTERVAL_S:
+            edge = step in (block.start, block.stop - 1)  # a block's first and last steps: when a sample ran here
+            if self.every_step or edge or end - self.reported_at >= STEP_EVENT_INTERVAL_S:
                 self.reported_at = end
                 self.events.emit(
                     StepDone(rank, sample=sample.index, step=step, seconds=end - last, steps_in_block=len(block),

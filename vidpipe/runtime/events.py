@@ -43,8 +43,9 @@ class PhaseStarted(Event):
 
 @dataclass(frozen=True)
 class StepDone(Event):
-    """A rank's latest step. NOTE: not one per step: a rank reports at most every `STEP_EVENT_INTERVAL_S` (and
-    the last step of each block), unless every step is asked for (--verbose); `steps_done` counts them all."""
+    """A rank's latest step. NOTE: not one per step: a rank reports the first and last step of each block and at
+    most every `STEP_EVENT_INTERVAL_S` between, unless every step is asked for (--verbose); `steps_done` counts
+    them all."""
 
     sample: int = 0
     step: int = 0

@@ -206,6 +206,9 @@ def snapshot(engine: Engine, record: JobRecord) -> dict:
         "timings": {
             "queued_s": round((started or finished or now()) - record.created_at, 3),
             "run_s": round((finished or now()) - started, 3) if started else None,
+            "submit_to_first_step_s": round(record.first_step_at - record.created_at, 3)
+            if record.first_step_at else None,
+            "sample_latency_s": record.latencies_s,
         },
     }
 

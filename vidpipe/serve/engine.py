@@ -60,6 +60,7 @@ class JobState:
     record: JobRecord
     samples: list[ServeSample]
     progress: dict[int, int] = field(default_factory=dict)  # uid -> steps done (a sample has started once here)
+    started: dict[int, float] = field(default_factory=dict)  # uid -> wall time its first step began
     finished_uids: set[int] = field(default_factory=set)
     cancel_requested: bool = False
     persisted_at: float = 0.0
@@ -105,7 +106,7 @@ class Engine:
     def start(self) -> None:
         for record in self.store.unfinished():  # a restarted server runs what it had not finished, in order
             record.status, record.started_at, record.samples_done, record.steps_done = "queued", None, 0, 0
-            record.files = []
+            record.files, record.latencies_s, record.first_step_at = [], [], None
             self.store.save(record)
             self._enqueue(record)
         self._thread.start()
@@ -255,8 +256,11 @@ class Engine:
                                block=f"{event.block_position}/{event.steps_in_block}")
             state = self.jobs.get(job)
             if state is not None:
+                if event.step == 0:  # the sample's first step began `seconds` before the rank reported it
+                    state.started.setdefault(event.sample, event.wall_time - event.seconds)
                 if state.record.status == "queued":  # its first sample has started on the ranks
                     state.record.status, state.record.started_at = "running", now()
+                    state.record.first_step_at = state.started.get(event.sample)
                     self.store.save(state.record)
                 state.progress[event.sample] = max(state.progress.get(event.sample, 0), event.step + 1)
                 self._progressed(state)
@@ -264,6 +268,8 @@ class Engine:
             state = self.jobs.get(self._job_of(event.sample))
             if state is not None:
                 state.progress[event.sample] = self._sample(state, event.sample).params.steps
+                if event.sample in state.started:  # latency as generate defines it: first step to last step
+                    state.record.latencies_s.append(round(event.wall_time - state.started[event.sample], 4))
                 self._progressed(state)
         elif isinstance(event, FramesDecoded):
             rank_status.update(phase="decode", job=self._job_of(event.sample), sample=event.sample)

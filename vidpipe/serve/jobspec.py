@@ -8,7 +8,7 @@ one-line errors (the server answers them with 422).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from vidpipe.config import GenerateConfig, RunOptions
 from vidpipe.errors import UsageError
@@ -18,10 +18,11 @@ from vidpipe.media import parse_formats
 JOB_OPTIONS: dict[str, type] = {
     "samples": int, "seed": int, "steps": int, "frames": int, "height": int, "width": int, "fps": int,
     "motion_bucket_id": int, "noise_aug_strength": float, "min_guidance": float, "max_guidance": float,
-    "decode_chunk_size": int, "format": str,
+    "decode_chunk_size": int, "format": str, "save_latents": bool,
 }
 #: What a sweep entry may change per sample.
-SWEEP_OPTIONS = tuple(name for name in JOB_OPTIONS if name not in ("samples", "format"))
+SWEEP_OPTIONS = tuple(name for name in JOB_OPTIONS if name not in ("samples", "format", "save_latents"))
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ def parse_options(raw: dict, where: str = "") -> dict:
         if value is None or value == "":
             continue
         kind = JOB_OPTIONS[name]
+        if kind is bool:
+            text = str(value).lower()
+            if text not in _TRUE + _FALSE:
+                raise UsageError(f"{where}{name} {value!r}: not true or false")
+            options[name] = text in _TRUE
+            continue
         try:
             options[name] = value if kind is str else kind(value)
             if kind is int and isinstance(value, float) and not value.is_integer():
@@ -72,7 +79,8 @@ def parse_sweep(raw, where: str = "") -> list[dict]:
 
 
 def expand(options: dict, sweep: list[dict] | None, source, plan, where: str = "") -> tuple[list[SampleSpec], tuple]:
-    """A job's samples (sample i: seed + i unless its sweep entry sets one) and its output formats.
+    """A job's samples (sample i: seed + i unless its sweep entry sets one) and its outputs (formats, and
+    "latents" with save_latents).
 
     `source` is the server's model (sizes resolve against it), `plan` its `ParallelPlan` (sp needs a frame per
     rank, pp a step per stage, cfg guidance). Raises UsageError with the job's first problem.
@@ -80,7 +88,7 @@ def expand(options: dict, sweep: list[dict] | None, source, plan, where: str = "
     from vidpipe.models.svd import SVDParams, resolve_size
 
     formats = parse_formats(options.get("format", "mp4"))
-    base = {k: v for k, v in options.items() if k != "format"}
+    base = {k: v for k, v in options.items() if k not in ("format", "save_latents")}
     count = len(sweep) if sweep else base.get("samples", 1)
     if sweep and "samples" in base and base["samples"] != len(sweep):
         raise UsageError(f"{where}samples {base['samples']} and a sweep of {len(sweep)}: a sweep gives one sample "
@@ -91,11 +99,15 @@ def expand(options: dict, sweep: list[dict] | None, source, plan, where: str = "
         values = {**base, **override}
         values.pop("samples", None)
         values.pop("seed", None)
+        if "decode_chunk_size" not in values and values.get("frames"):  # the default of 4, but never more frames
+            values["decode_chunk_size"] = min(4, values["frames"])
         seed = override["seed"] if "seed" in override else base.get("seed", 0) + index
         try:
             config = GenerateConfig(RunOptions(strategy="dp"), ("job",), samples=1, seed=seed, formats=formats,
                                     **values)
             frames, height, width = resolve_size(source, config.frames, config.height, config.width)
+            chunk = config.decode_chunk_size if "decode_chunk_size" in values else min(4, frames)
+            config = replace(config, decode_chunk_size=chunk)
             if config.decode_chunk_size > frames:
                 raise UsageError(f"decode_chunk_size {config.decode_chunk_size}: must be between 1 and {frames} "
                                  "frames")
@@ -109,7 +121,7 @@ def expand(options: dict, sweep: list[dict] | None, source, plan, where: str = "
             min_guidance=config.min_guidance, max_guidance=config.max_guidance,
             decode_chunk_size=config.decode_chunk_size,
         )))
-    return specs, formats
+    return specs, tuple(formats) + (("latents",) if options.get("save_latents") else ())
 
 
 def _option_names(message: str) -> str:

@@ -32,7 +32,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     steps_total INTEGER NOT NULL,
     steps_done INTEGER NOT NULL DEFAULT 0,
     files TEXT NOT NULL DEFAULT '[]',
-    error TEXT
+    error TEXT,
+    first_step_at REAL,
+    latencies_s TEXT NOT NULL DEFAULT '[]'
 )
 """
 
@@ -54,6 +56,8 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
+    first_step_at: float | None = None  # wall time the job's first step began on a rank
+    latencies_s: list[float] = field(default_factory=list)  # per finished sample: first step -> last step
 
     @property
     def finished(self) -> bool:
@@ -78,6 +82,7 @@ class JobStore:
         row = asdict(job)
         row["request"] = json.dumps(job.request)
         row["files"] = json.dumps(job.files)
+        row["latencies_s"] = json.dumps(job.latencies_s)
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._lock:
@@ -115,6 +120,7 @@ def _record(names: list[str], row) -> JobRecord:
     values = dict(zip(names, row, strict=True))
     values["request"] = json.loads(values["request"])
     values["files"] = json.loads(values["files"])
+    values["latencies_s"] = json.loads(values["latencies_s"])
     return JobRecord(**values)
 
 
