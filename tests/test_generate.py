@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
@@ -189,3 +191,61 @@ def test_existing_outputs_are_not_overwritten(capsys, tmp_path, cache, photo):
     code, err = run_main(capsys, "generate", str(photo), *COMMON, "--cache-dir", str(cache), "--out", str(out))
     assert code == 2 and "--overwrite" in err
     assert (out / "photo_s0_seed0.mp4").read_bytes() == b"precious"
+
+
+def test_a_job_file_runs_every_job_with_its_own_options(tmp_path, cache, photo, capsys, monkeypatch):
+    """Three jobs of different steps, frames and motion (one a sweep) through a 2-stage pipeline: the pipeline's
+    latents equal data parallel's, files land in OUT/<id>/, the report and manifest are keyed by id, and
+    --resume then has nothing left to do."""
+    monkeypatch.setenv("VIDPIPE_THREADS_PER_RANK", "1")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join([
+        json.dumps({"image": str(photo), "id": "calm", "motion_bucket_id": 20, "steps": 3}),
+        json.dumps({"image": photo.name, "id": "sweep", "steps": 4, "frames": 5,
+                    "sweep": [{"motion_bucket_id": 50}, {"motion_bucket_id": 200, "seed": 7}]}),
+        "# comments and blank lines are skipped",
+        "",
+        json.dumps({"image": photo.name, "samples": 2, "format": "gif"}),
+    ]))
+    shutil.copy(photo, tmp_path / photo.name)  # relative images are found beside the job file
+    latents = {}
+    for plan in ("pp", "dp"):
+        out = tmp_path / plan
+        code, err = run_main(capsys, "generate", "--jobs", str(jobs), "--model", "tiny", "--cache-dir", str(cache),
+                             "--device", "cpu", "--gpus", "2", "--strategy", plan, "--steps", "2",
+                             "--save-latents", "--out", str(out), "--json", str(tmp_path / f"{plan}.json"))
+        assert code == 0, err
+        latents[plan] = {p.relative_to(out): load_file(p)["latents"] for p in out.glob("*/*.safetensors")}
+    report = read_json(tmp_path / "pp.json")
+    assert report["jobs"] == {"calm": [0], "sweep": [1, 2], "line5": [3, 4]}
+    assert [(s["job"], s["seed"], s["steps"], s["motion_bucket_id"]) for s in report["samples"]] == [
+        ("calm", 0, 3, 20), ("sweep", 0, 4, 50), ("sweep", 7, 4, 200), ("line5", 0, 2, 127), ("line5", 1, 2, 127)]
+    assert sorted(map(str, latents["pp"])) == [
+        "calm/photo_s0_seed0.latents.safetensors", "line5/photo_s0_seed0.latents.safetensors",
+        "line5/photo_s1_seed1.latents.safetensors", "sweep/photo_s0_seed0.latents.safetensors",
+        "sweep/photo_s1_seed7.latents.safetensors"]
+    for name, tensor in latents["pp"].items():
+        assert torch.equal(tensor, latents["dp"][name]), name
+    assert latents["pp"][Path("sweep/photo_s0_seed0.latents.safetensors")].shape[0] == 5
+    manifest = [json.loads(line) for line in (tmp_path / "pp" / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(entry["job"] for entry in manifest) == ["calm", "line5", "line5", "sweep", "sweep"]
+    assert (tmp_path / "pp" / "line5" / "photo_s1_seed1.gif").is_file()
+
+    code, err = run_main(capsys, "generate", "--jobs", str(jobs), "--model", "tiny", "--cache-dir", str(cache),
+                         "--device", "cpu", "--gpus", "2", "--steps", "2", "--save-latents", "--out",
+                         str(tmp_path / "pp"), "--resume")
+    assert code == 0 and "nothing to do" in err
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("{", "line 1: not JSON"),
+    ('{"seed": 3}', 'line 1: each line is a JSON object with "image"'),
+    ('{"image": "photo.png", "colour": "red"}', "unknown option 'colour'"),
+    ('{"image": "photo.png", "sweep": [{"samples": 2}]}', "'samples' cannot vary per sample"),
+])
+def test_bad_job_files_are_one_line(capsys, tmp_path, cache, photo, line, expected):
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text(line)
+    code, err = run_main(capsys, "generate", "--jobs", str(jobs), "--model", "tiny", "--cache-dir", str(cache),
+                         "--device", "cpu", "--out", str(tmp_path / "o"))
+    assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err

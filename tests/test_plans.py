@@ -65,10 +65,10 @@ def test_frame_and_chunk_splits():
 
 
 def test_decode_plan_whole_samples_or_chunks():
-    whole = plan_decode(num_samples=5, world_size=2, frames=14, chunk=4)
+    whole = plan_decode([(14, 4)] * 5, world_size=2)
     assert [[p.rank for p in t.parts] for t in whole] == [[0], [1], [0], [1], [0]]
     assert all(t.parts[0].frames == range(14) for t in whole)
-    split = plan_decode(num_samples=2, world_size=8, frames=14, chunk=4)  # 4 chunks each, 4 ranks each
+    split = plan_decode([(14, 4)] * 2, world_size=8)  # 4 chunks each, 4 ranks each
     assert [[p.rank for p in t.parts] for t in split] == [[0, 2, 4, 6], [1, 3, 5, 7]]
     assert [p.frames for p in split[0].parts] == [range(0, 4), range(4, 8), range(8, 12), range(12, 14)]
 

@@ -142,10 +142,14 @@ class GenerateConfig:
     overwrite: bool = False
     warmup_samples: int = 0
     resume: bool = False
+    jobs_path: str | None = None  # a JSONL job file instead of images
 
     def __post_init__(self):
-        if not self.images:
-            raise UsageError("no input image: give one or more image files, e.g. vidpipe generate photo.png")
+        if self.jobs_path and self.images:
+            raise UsageError("give images or --jobs FILE, not both (a job file names its own images)")
+        if not self.images and not self.jobs_path:
+            raise UsageError("no input image: give one or more image files, e.g. vidpipe generate photo.png, or "
+                             "--jobs FILE.jsonl")
         _at_least("--samples", self.samples, 1, "each image needs at least one sample")
         _at_least("--steps", self.steps, 1)
         if self.frames is not None:

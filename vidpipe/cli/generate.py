@@ -26,7 +26,8 @@ from vidpipe.runtime.forkserver import start_worker_server
 
 
 def generate(
-    images: Annotated[list[Path], typer.Argument(help="Input image file(s): PNG, JPEG, WebP, ...")],
+    images: Annotated[list[Path] | None, typer.Argument(
+        help="Input image file(s): PNG, JPEG, WebP, ... (or --jobs FILE.jsonl)")] = None,
     model: Annotated[str, typer.Option(
         help="Hub id, local diffusers directory, svd-xt, tiny (built-in tiny random model, CPU demos), small "
              "(62M-parameter random SVD, CPU measurements) or svd-xt-random (full-size architecture, random "
@@ -66,6 +67,10 @@ def generate(
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     resume: Annotated[bool, typer.Option(help="Skip samples whose output files are all there already.")] = False,
     warmup_samples: WarmupSamples = 0,
+    jobs: Annotated[Path | None, typer.Option(
+        "--jobs", help="A JSONL job file instead of images: one object per line, {\"image\": \"a.png\", \"id\": "
+                       "\"a\", ...generate's options, \"sweep\": [per-sample overrides]}; job id's files go to "
+                       "OUT/id/, --resume skips finished ones.")] = None,
     compile_unet: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the UNet block by block (its repeated blocks; minutes to compile the first "
                           "time, cached after; on CPU it needs a C compiler). Works with every plan.")] = False,
@@ -85,9 +90,9 @@ def generate(
 
     run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout, compile_unet)
     config = GenerateConfig(
-        run, tuple(str(p) for p in images), model, samples, seed, steps, frames, height, width, fps,
+        run, tuple(str(p) for p in images or ()), model, samples, seed, steps, frames, height, width, fps,
         motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,
         str(out), parse_formats(formats), save_latents, offline, str(cache_dir) if cache_dir else None,
-        json_path, overwrite, warmup_samples, resume,
+        json_path, overwrite, warmup_samples, resume, str(jobs) if jobs else None,
     )
     run_generate(config)

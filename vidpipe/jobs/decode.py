@@ -43,10 +43,12 @@ class DecodeTask:
         return self.parts[0].rank
 
 
-def plan_decode(num_samples: int, world_size: int, frames: int, chunk: int) -> list[DecodeTask]:
-    """Which of ranks 0..world_size-1 decodes which frames of each sample (every rank computes the same plan)."""
+def plan_decode(sizes: list[tuple[int, int]], world_size: int) -> list[DecodeTask]:
+    """Which of ranks 0..world_size-1 decodes which frames of each sample, given each sample's (frames, decode
+    chunk size); every rank computes the same plan."""
     tasks = []
-    for position in range(num_samples):
+    num_samples = len(sizes)
+    for position, (frames, chunk) in enumerate(sizes):
         if num_samples >= world_size:
             ranks = [position % world_size]
         else:  # fewer samples than ranks: sample p gets ranks p, p + N, p + 2N, ...
@@ -62,18 +64,20 @@ def redistribute(
     tasks: list[DecodeTask],
     finals: dict,
     owners: Callable[[int], list[int]],
-    spec: TensorSpec,
+    specs: list[TensorSpec],
 ) -> dict[tuple[int, int], torch.Tensor]:
     """Give each decoding rank the latents it needs, from a rank that holds them (`owners(position)`): the writer
     gets the whole sample (it saves `--save-latents`), the other decoders only their frames.
 
-    Returns {(sample index, first frame of the part): latents [1, frames, C, h, w] on CPU} for this rank's parts.
+    `specs[position]` is that sample's latents. Returns {(sample index, first frame of the part): latents
+    [1, frames, C, h, w] on CPU} for this rank's parts.
     Every rank walks the same list in the same order, so each blocking send meets its receive: no cycle forms.
     """
     mine: dict[tuple[int, int], torch.Tensor] = {}
     for task in tasks:
         sample = samples[task.position]
         holders = owners(task.position)
+        spec = specs[task.position]
         for number, part in enumerate(task.parts):
             source = part.rank if part.rank in holders else holders[number % len(holders)]
             needed = range(spec.shape[1]) if number == 0 else part.frames
@@ -126,22 +130,24 @@ def decode_and_write(
     mine: dict[tuple[int, int], torch.Tensor],
     targets: dict[int, dict[str, str]],
     input_targets: dict[int, str],
-    fps: int,
     events: EventSink,
     manifest: Path | None = None,
+    jobs: dict | None = None,
 ) -> list[dict]:
     """Decode this rank's parts, sample by sample; writers write (and append to `manifest` when given: under
     torchrun no parent sees every rank's events). Returns one row per sample written here."""
     rows = []
-    frame_shape = (model.height, model.width, 3)
     for task in tasks:
         sample = samples[task.position]
         part = next((p for p in task.parts if p.rank == ctx.rank), None)
         if part is None:
             continue
+        params = model.params_of(sample)
+        frame_shape = (params.height, params.width, 3)
         started = time.perf_counter()
         latents = mine[(sample.index, part.frames.start)]
-        decoded = model.decode(latents[:, : len(part.frames)])  # the writer holds every frame; decodes its own
+        # The writer holds every frame, and decodes its own.
+        decoded = model.decode(latents[:, : len(part.frames)], params.decode_chunk_size)
         ctx.synchronize()
         decode_s = time.perf_counter() - started
         total = task.parts[-1].frames.stop
@@ -149,13 +155,13 @@ def decode_and_write(
         frames = gather_frames(ctx, task, decoded, frame_shape) if len(task.parts) > 1 else decoded
         if ctx.rank != task.writer:
             continue
-        files = write_sample(frames, latents, targets[sample.index], fps)
+        files = write_sample(frames, latents, targets[sample.index], params.fps)
         if sample.index in input_targets:
             media.write_png(Path(input_targets[sample.index]), model.input_image(sample))
             files.append(input_targets[sample.index])
         events.emit(FilesWritten(ctx.rank, sample=sample.index, files=tuple(files)))
         if manifest is not None:
-            media.append_manifest(manifest, sample.index, files)
+            media.append_manifest(manifest, sample.index, files, (jobs or {}).get(sample.index))
         rows.append({"index": sample.index, "files": files, "decode_s": decode_s, "rank": ctx.rank,
                      "decoded_on_ranks": [p.rank for p in task.parts]})
     return rows

@@ -55,6 +55,7 @@ class GenerateJob:
     targets: dict  # sample index -> {format: path}
     input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
     manifest: str | None = None  # under torchrun the writing rank appends the manifest line itself
+    jobs: dict | None = None  # sample index -> job id (a job file)
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
@@ -67,14 +68,16 @@ class GenerateJob:
         # Phase 2: the UNet goes first, so decode has the memory diffusion used.
         events.emit(PhaseStarted(ctx.rank, phase="decode"))
         model.release_denoiser()
-        spec = model.state_spec()["latents"]
+        specs = [model.sample_spec(sample)["latents"] for sample in samples]
+        sizes = [(spec.shape[1], model.params_of(sample).decode_chunk_size) for spec, sample in zip(specs, samples,
+                                                                                                     strict=True)]
         # NOTE: over several machines only rank 0's machine decodes, so every file lands beside the report.
-        tasks = plan_decode(len(samples), ctx.first_machine_ranks, spec.shape[1], self.config.decode_chunk_size)
+        tasks = plan_decode(sizes, ctx.first_machine_ranks)
         owner_group = scheduler_for(self.plan).owner_group
         mine = redistribute(ctx, samples, tasks, finals,
-                            lambda position: layout.group_ranks(owner_group(position, self.plan.groups)), spec)
-        rows = decode_and_write(ctx, model, samples, tasks, mine, self.targets, self.input_targets,
-                                self.config.fps, events, Path(self.manifest) if self.manifest else None)
+                            lambda position: layout.group_ranks(owner_group(position, self.plan.groups)), specs)
+        rows = decode_and_write(ctx, model, samples, tasks, mine, self.targets, self.input_targets, events,
+                                Path(self.manifest) if self.manifest else None, self.jobs or {})
         mark_memory(ctx.device, record, "decode")
         gathered = gather_to_first(ctx, (record, rows))
         if not ctx.is_first:
@@ -119,44 +122,110 @@ def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[list[Sa
     return todo, targets, inputs
 
 
-def generate(config: GenerateConfig) -> dict | None:
-    """Run `vidpipe generate`; returns the report (None on torchrun ranks other than 0)."""
+@dataclass
+class RunPlan:
+    """The samples of one generate run, where their files go, and what the report says of each."""
+
+    samples: list[Sample]
+    targets: dict  # sample index -> {format: path}
+    inputs: dict  # sample index -> path of "{stem}_input.png"
+    info: dict  # sample index -> {"image": path, and "job": id for a job file}
+    size: tuple[int, int, int]  # the largest (frames, height, width): what auto plans memory for
+
+
+def plan_images(config: GenerateConfig, source) -> RunPlan:
+    """Images on the command line: every sample with the run's options."""
     from vidpipe.models.svd import resolve_size
 
-    # 1. Everything that can be wrong with the input is checked before any process starts.
     images = [media.load_image(Path(path)) for path in config.images]
-    media.check_output_dir(Path(config.out))
-    if "mp4" in config.formats:
-        media.check_ffmpeg_h264()
-    source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
     size = resolve_size(source, config.frames, config.height, config.width)
-    frames = size[0]
-    if config.decode_chunk_size > frames:
-        raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {frames} frames")
-    samples, targets, inputs = plan_outputs(config, plan_samples(config, images))
-    if not samples:
+    if config.decode_chunk_size > size[0]:
+        raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {size[0]} frames")
+    all_samples = plan_samples(config, images)
+    samples, targets, inputs = plan_outputs(config, all_samples)
+    info = {s.index: {"image": config.images[s.index // config.samples]} for s in all_samples}
+    return RunPlan(samples, targets, inputs, info, size)
+
+
+def plan_job_file(config: GenerateConfig, source) -> RunPlan:
+    """`--jobs FILE.jsonl`: each line a job with its own image, options and sweep (the command's options are the
+    defaults); job `id`'s files go to OUT/id/. `--resume` skips every sample, so every id, already finished."""
+    from vidpipe.parallel.plan import ParallelPlan
+    from vidpipe.serve.jobspec import expand, read_job_file
+
+    defaults = {"samples": config.samples, "seed": config.seed, "steps": config.steps, "frames": config.frames,
+                "height": config.height, "width": config.width, "fps": config.fps,
+                "motion_bucket_id": config.motion_bucket_id, "noise_aug_strength": config.noise_aug_strength,
+                "min_guidance": config.min_guidance, "max_guidance": config.max_guidance,
+                "format": ",".join(config.formats), "save_latents": config.save_latents}
+    if config.decode_chunk_size != GenerateConfig.decode_chunk_size:
+        defaults["decode_chunk_size"] = config.decode_chunk_size
+    defaults = {k: v for k, v in defaults.items() if v is not None}
+    out = Path(config.out)
+    samples, targets, inputs, info, existing = [], {}, {}, {}, []
+    for entry in read_job_file(config.jobs_path):
+        image = media.load_image(Path(entry.image))
+        options = {**defaults, **entry.options}
+        if entry.sweep and "samples" not in entry.options:
+            options.pop("samples")  # a sweep gives one sample per entry
+        specs, kinds = expand(options, entry.sweep, source, ParallelPlan("dp", 1),
+                              f"{config.jobs_path} job {entry.id}: ")
+        stem = Path(entry.image).stem
+        media.check_output_dir(out / entry.id)
+        for spec in specs:
+            index = len(info)
+            info[index] = {"image": entry.image, "job": entry.id}
+            paths = media.output_paths(out / entry.id, media.sample_stem(stem, spec.index, spec.seed), kinds)
+            if config.resume and media.is_complete(paths):
+                continue
+            existing += media.existing_outputs(paths)
+            samples.append(Sample(index, spec.seed, image, stem, spec.params))
+            targets[index] = {kind: str(path) for kind, path in paths.items()}
+            if spec.index == 0:
+                inputs[index] = str(out / entry.id / f"{stem}_input.png")
+    if existing and not config.overwrite:
+        raise UsageError(f"{existing[0]} and {len(existing) - 1} more already exist(s): pass --overwrite to replace, "
+                         "--resume to skip finished samples, or choose another --out")
+    sizes = [(s.params.frames, s.params.height, s.params.width) for s in samples] or [(1, 1, 1)]
+    return RunPlan(samples, targets, inputs, info, tuple(max(d) for d in zip(*sizes, strict=True)))
+
+
+def generate(config: GenerateConfig) -> dict | None:
+    """Run `vidpipe generate`; returns the report (None on torchrun ranks other than 0)."""
+    # 1. Everything that can be wrong with the input is checked before any process starts.
+    media.check_output_dir(Path(config.out))
+    source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
+    run = plan_job_file(config, source) if config.jobs_path else plan_images(config, source)
+    if "mp4" in {kind for t in run.targets.values() for kind in t}:
+        media.check_ffmpeg_h264()
+    if not run.samples:
         stderr_console.print(f"every sample's outputs are already in {config.out} (--resume): nothing to do")
         return None
-    placement = place_generate(config, source, len(samples), size)
+    placement = place_generate(config, source, len(run.samples), run.size)
+    for sample in run.samples:  # each job's own steps and frames against the plan (sp, pp, cfg)
+        if sample.params is not None:
+            p = sample.params
+            placement.plan.check_job(p.steps, p.frames, p.max_guidance > 1)
 
     # 2. Run; the manifest gets a line as each sample's files land, so even a crashed run says what it finished.
     manifest = Path(config.out) / "manifest.jsonl"
+    jobs = {index: info["job"] for index, info in run.info.items() if "job" in info}
 
     def log_files(event) -> None:
         if isinstance(event, FilesWritten) and not placement.torchrun:
-            media.append_manifest(manifest, event.sample, event.files)
+            media.append_manifest(manifest, event.sample, event.files, jobs.get(event.sample))
 
-    job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(samples), targets, inputs,
-                      str(manifest) if placement.torchrun else None)
+    job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(run.samples), run.targets, run.inputs,
+                      str(manifest) if placement.torchrun else None, jobs)
     try:
-        result = run_with_display(job, placement, len(samples), config.run.verbose, decode=True,
+        result = run_with_display(job, placement, len(run.samples), config.run.verbose, decode=True,
                                   listener=log_files)
     finally:
         # Finished files stay; a rank stopped mid-write may have left a hidden temporary: never a partial file.
         media.remove_temporaries(Path(config.out))
     if result is None:
         return None
-    return _report(config, placement, source, samples, result, size)
+    return _report(config, placement, source, run, result)
 
 
 def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int, size: tuple[int, int, int]):
@@ -183,10 +252,11 @@ def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int
     return place(run, config.steps, default_gpus=DEFAULT_GPUS, frames=size[0], guidance=config.max_guidance > 1)
 
 
-def _report(config, placement, source, samples, result, size) -> dict:
+def _report(config, placement, source, run: RunPlan, result) -> dict:
     spec = placement.spec
     tl = timeline(result["records"])
     rows = {row["index"]: row for row in result["rows"]}
+    samples, size = run.samples, run.size
     report = run_report(
         "generate", config.model, placement.plan.name, placement.plan, spec, placement.dtype, config.steps,
         [s.seed for s in samples], config.warmup_samples, result["records"],
@@ -194,12 +264,18 @@ def _report(config, placement, source, samples, result, size) -> dict:
         frames=size[0], height=size[1], width=size[2],
     )
     report["samples"] = [
-        {"index": s.index, "seed": s.seed, "image": config.images[s.index // config.samples],
+        {"index": s.index, **run.info[s.index], "seed": s.seed,
          "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
          "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
-         "decoded_on_rank": rows[s.index]["rank"], "decoded_on_ranks": rows[s.index]["decoded_on_ranks"]}
+         "decoded_on_rank": rows[s.index]["rank"], "decoded_on_ranks": rows[s.index]["decoded_on_ranks"],
+         **({"steps": s.params.steps, "motion_bucket_id": s.params.motion_bucket_id, "fps": s.params.fps}
+            if s.params is not None else {})}
         for s in samples
     ]
+    if any("job" in info for info in run.info.values()):  # a job file: results keyed by its ids
+        report["jobs"] = {}
+        for row in report["samples"]:
+            report["jobs"].setdefault(row["job"], []).append(row["index"])
     stderr_console.print(assignment_table(report))
     stderr_console.print(summary_table(report))
     stderr_console.print(files_table(report))

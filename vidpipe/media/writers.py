@@ -99,9 +99,11 @@ def write_json(path: Path, obj: Any) -> None:
         temp.write_text(text, encoding="utf-8")
 
 
-def append_manifest(path: Path, sample: int, files: list[str]) -> None:
-    """One line `{"sample": i, "files": [...]}` appended to the output folder's manifest.jsonl. NOTE: a single
-    write of one short line in append mode, so ranks appending to the same file never interleave their lines."""
-    line = json.dumps({"sample": sample, "files": list(files)}) + "\n"
+def append_manifest(path: Path, sample: int, files: list[str], job: str | None = None) -> None:
+    """One line `{"sample": i, "files": [...]}` (and `"job"` for a job file's samples) appended to the output
+    folder's manifest.jsonl. NOTE: a single write of one short line in append mode, so ranks appending to the
+    same file never interleave their lines."""
+    entry = {"sample": sample, "files": list(files)} | ({"job": job} if job is not None else {})
+    line = json.dumps(entry) + "\n"
     with Path(path).open("a", encoding="utf-8") as handle:
         handle.write(line)

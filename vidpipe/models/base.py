@@ -48,7 +48,11 @@ class DiffusionModel(Protocol):
     unet: torch.nn.Module | None  # the denoiser, for strategies that wrap it (fsdp shards it); None once released
 
     def state_spec(self) -> dict[str, TensorSpec]:
-        """Shapes and dtypes of the tensors `encode` returns, in a fixed order."""
+        """Shapes and dtypes of the tensors `encode` returns for the model's own parameters, in a fixed order."""
+        ...
+
+    def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
+        """The same for `sample`, which may carry its own parameters (sizes) in a job file or a server."""
         ...
 
     def encode(self, sample: Sample) -> SampleState:

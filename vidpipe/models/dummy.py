@@ -139,6 +139,9 @@ class DummyModel:
             "added_time_ids": TensorSpec((batch, 3), self.dtype),
         }
 
+    def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
+        return self.state_spec()  # the simulator's samples all have the run's shape
+
     def encode(self, sample: Sample) -> SampleState:
         spec = self.state_spec()
         generator = torch.Generator("cpu").manual_seed(sample.seed)

@@ -272,6 +272,9 @@ class SVDModel:
             "sampling": TensorSpec((3,), torch.float64),
         }
 
+    def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
+        return self.state_spec(self.params_of(sample))
+
     @torch.no_grad()
     def encode(self, sample: Sample) -> SampleState:
         """Conditioning and starting noise of `sample` (PIL image, seed), as the pipeline computes them.

@@ -129,3 +129,46 @@ def _option_names(message: str) -> str:
     for name in JOB_OPTIONS:
         message = message.replace(f"--{name.replace('_', '-')}", name)
     return message
+
+
+@dataclass(frozen=True)
+class JobEntry:
+    """One line of a job file: `{"image": "a.png", "id": "a", ...options, "sweep": [...]}`."""
+
+    id: str
+    image: str  # resolved against the job file's folder
+    options: dict
+    sweep: list[dict] | None
+
+
+def read_job_file(path) -> list[JobEntry]:
+    """A JSONL job file -> entries; one-line UsageErrors that name the file and line."""
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as error:
+        raise UsageError(f"--jobs {path}: cannot read it ({error.strerror})") from None
+    entries, seen = [], set()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path} line {number}: "
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise UsageError(f"{where}not JSON ({error.msg})") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("image"), str):
+            raise UsageError(f'{where}each line is a JSON object with "image", e.g. {{"image": "a.png", "seed": 3}}')
+        job_id = str(raw.pop("id", f"line{number}"))
+        if not job_id or "/" in job_id or job_id.startswith(".") or job_id in seen:
+            raise UsageError(f"{where}id {job_id!r}: ids are unique names without '/' (they name the job's folder)")
+        seen.add(job_id)
+        image = Path(raw.pop("image")).expanduser()
+        image = image if image.is_absolute() else path.parent / image
+        sweep = parse_sweep(raw.pop("sweep"), where) if "sweep" in raw else None
+        entries.append(JobEntry(job_id, str(image), parse_options(raw, where), sweep))
+    if not entries:
+        raise UsageError(f"--jobs {path}: no jobs in it (one JSON object per line)")
+    return entries

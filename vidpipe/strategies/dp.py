@@ -17,9 +17,9 @@ from vidpipe.parallel.layout import Layout
 
 def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
     """Phase 1 on this rank: its group's samples, all steps. Returns {index: final latents on CPU}."""
-    all_steps = range(model.num_steps)
     finals: dict[int, torch.Tensor] = {}
     for sample in samples[layout.group_index :: layout.plan.groups]:
+        all_steps = range(sample.params.steps if sample.params is not None else model.num_steps)
         with recorder.encoding():
             state = model.encode(sample)
         finals[sample.index] = model.denoise(state, all_steps, recorder.on_step_for(sample, all_steps)).to("cpu")

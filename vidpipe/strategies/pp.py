@@ -27,14 +27,12 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
     """Phase 1 on this rank. Returns {sample index: final latents on CPU} on the last stage, {} elsewhere."""
     stage, stages = layout.group_index, layout.plan.groups
     first, last = stage == 0, stage == stages - 1
-    block = steps_for_rank(model.num_steps, stages, stage)
-    spec = model.state_spec()
     device = layout.ctx.device
     finals: dict[int, torch.Tensor] = {}
     sends: deque[PendingSend] = deque()
     incoming: PendingRecv | None = None
     if not first and samples:
-        incoming = post_recv(spec, layout.peer(stage - 1), device)
+        incoming = post_recv(model.sample_spec(samples[0]), layout.peer(stage - 1), device)
     ahead = EncodeAhead(model, samples, recorder)
 
     for position, sample in enumerate(samples):
@@ -46,9 +44,12 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
             with recorder.waiting():
                 state = incoming.wait()
             # NOTE: post the next receive before computing, so that hand-off overlaps this block's steps.
-            incoming = post_recv(spec, layout.peer(stage - 1), device) if position + 1 < len(samples) else None
+            following = samples[position + 1] if position + 1 < len(samples) else None
+            incoming = post_recv(model.sample_spec(following), layout.peer(stage - 1), device) if following else None
 
-        # 2. Run this stage's block of steps (the clock of its first step starts now, after the hand-off).
+        # 2. Run this stage's block of the sample's steps (the clock of its first step starts now, after the
+        #    hand-off); a job file's samples may each have their own number of steps.
+        block = steps_for_rank(_steps_of(model, sample), stages, stage)
         on_step = recorder.on_step_for(sample, block)
         if first:
             on_step = ahead.next_during(on_step, position)
@@ -60,7 +61,7 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
             if layout.is_group_leader:
                 recorder.sample_done(sample)
         else:
-            sends.append(post_send(state, spec, layout.peer(stage + 1)))
+            sends.append(post_send(state, model.sample_spec(sample), layout.peer(stage + 1)))
             while len(sends) > MAX_SENDS_IN_FLIGHT:
                 with recorder.waiting():
                     sends.popleft().wait()
@@ -68,6 +69,10 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
         while sends:
             sends.popleft().wait()
     return finals
+
+
+def _steps_of(model: DiffusionModel, sample: Sample) -> int:
+    return sample.params.steps if sample.params is not None else model.num_steps
 
 
 class EncodeAhead:
