@@ -278,7 +278,7 @@ def test_a_killed_rank_fails_its_job_the_next_succeeds_and_a_restart_keeps_and_r
     next job succeeds; then a SIGTERM with a job running and one queued, and a restart: finished jobs and their
     files are still there, the unfinished ones run again to the end."""
     out = tmp_path / "out"
-    server = Server(out, cache, "--gpus", "1", "--stall-timeout", "20")
+    server = Server(out, cache, "--gpus", "1", "--stall-timeout", "20", "--max-queue", "1")
     with server.client() as client:
         server.wait_ready(client)
         doomed = post(client, steps=400).json()["id"]
@@ -295,8 +295,10 @@ def test_a_killed_rank_fails_its_job_the_next_succeeds_and_a_restart_keeps_and_r
         assert wait_for(client, finished)["status"] == "done"
 
         running = post(client, steps=400).json()["id"]
-        queued = post(client, steps=3).json()["id"]
         wait_for(client, running, statuses=("running",))
+        queued = post(client, steps=3).json()["id"]
+        full = post(client, steps=3)  # --max-queue 1: one job already waits
+        assert full.status_code == 429 and "queue is full" in full.json()["error"]
     assert server.stop(signal.SIGTERM) == 0
     assert "stopped (SIGTERM)" in server.log.read_text()
 
@@ -330,3 +332,20 @@ def test_the_ranks_are_named_and_stay_warm(server):
     names = sorted(p.name() for p in psutil.Process(pid).children(recursive=True) if p.name().startswith("vidpipe"))
     assert names == ["vidpipe-rank0", "vidpipe-rank1"]
     assert os.environ.get("VIDPIPE_TOKEN") is None
+
+
+def test_submit_posts_follows_and_downloads(server, tmp_path):
+    """The command-line client, as a user runs it: exit 0 and the videos on disk; a refused field: one line, 2."""
+    command = [sys.executable, "-m", "vidpipe", "submit", str(IMAGE), "--server", server.url, "--steps", "3",
+               "--samples", "2", "--format", "mp4,gif", "--out", str(tmp_path / "videos")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, env=vidpipe_env(), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    folder = next((tmp_path / "videos").iterdir())
+    assert folder.name.startswith("sunset_")
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "sunset_input.png", "sunset_s0_seed0.gif", "sunset_s0_seed0.mp4", "sunset_s1_seed1.gif", "sunset_s1_seed1.mp4"]
+    assert len(list(imageio.get_reader(folder / "sunset_s1_seed1.mp4", "ffmpeg").iter_data())) == 4
+    refused = subprocess.run([*command[:7], "--steps", "0"], capture_output=True, text=True, timeout=60,
+                             env=vidpipe_env(), cwd=REPO)
+    assert refused.returncode == 2 and "steps 0: must be at least 1" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
