@@ -244,7 +244,7 @@ class Engine:
         rank_status = self.rank_status[event.rank] if 0 <= event.rank < self.world_size else {}
         if isinstance(event, StageReached) and event.stage == "ready":
             self.ready_ranks.add(event.rank)
-            rank_status.update(phase="ready", job=None, sample=None, step=None)
+            rank_status.update(phase="ready", job=None, sample=None, step=None, block=None)
             if len(self.ready_ranks) == self.world_size:
                 self.status = "busy" if self.in_flight else "ready"
                 self.changed.notify_all()
@@ -275,7 +275,7 @@ class Engine:
             rank_status.update(phase="decode", job=self._job_of(event.sample), sample=event.sample)
         elif isinstance(event, FilesWritten):
             self._sample_finished(event.sample, files=event.files)
-            rank_status.update(phase="ready", job=None, sample=None, step=None)
+            rank_status.update(phase="ready", job=None, sample=None, step=None, block=None)
         elif isinstance(event, SampleCancelled):
             self._sample_finished(event.sample, files=None)
 
@@ -286,7 +286,7 @@ class Engine:
         if not self.in_flight:
             self.status = "ready" if self.status == "busy" else self.status
             for rank_status in self.rank_status:
-                rank_status.update(phase="ready", job=None, sample=None, step=None)
+                rank_status.update(phase="ready", job=None, sample=None, step=None, block=None)
         state = self.jobs.get(self._job_of(uid))
         if state is None:
             return
@@ -349,7 +349,16 @@ class Engine:
                 "restarts": self.restarts,
                 "last_error": self.last_error,
                 "rank_status": [dict(status, rank=rank) for rank, status in enumerate(self.rank_status)],
+                "defaults": self.defaults(),
             }
+
+    def defaults(self) -> dict:
+        """A job's options when it gives none (the page fills its form with them)."""
+        p = self.settings.params
+        return {"samples": 1, "seed": 0, "steps": p.steps, "frames": p.frames, "height": p.height, "width": p.width,
+                "fps": p.fps, "motion_bucket_id": p.motion_bucket_id, "noise_aug_strength": p.noise_aug_strength,
+                "min_guidance": p.min_guidance, "max_guidance": p.max_guidance,
+                "decode_chunk_size": min(4, p.frames), "format": "mp4"}
 
     def _job_of(self, uid: int) -> str | None:
         return self.job_of_uid.get(uid)
