@@ -126,12 +126,16 @@ class Engine:
             self._group.stop()
 
     def _run(self) -> None:
+        failures = 0  # in a row, before the ranks got ready again
         while not self._stopping.is_set():
             group = self._start_ranks()
             try:
                 self._pump(group)
             except RankFailed as error:
+                failures = 0 if self.restarts and len(self.ready_ranks) == self.world_size else failures + 1
                 self._after_failure(str(error))
+                # NOTE: ranks that cannot even load (a broken model, no memory) are not restarted in a tight loop.
+                self._stopping.wait(min(30.0, 2.0 ** failures - 1))
             finally:
                 group.stop()
 
