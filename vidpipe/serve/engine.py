@@ -132,7 +132,7 @@ class Engine:
             try:
                 self._pump(group)
             except RankFailed as error:
-                failures = 0 if self.restarts and len(self.ready_ranks) == self.world_size else failures + 1
+                failures = 0 if len(self.ready_ranks) == self.world_size else failures + 1
                 self._after_failure(str(error))
                 # NOTE: ranks that cannot even load (a broken model, no memory) are not restarted in a tight loop.
                 self._stopping.wait(min(30.0, 2.0 ** failures - 1))
