@@ -47,7 +47,7 @@ def simulate(
     load_timeout: LoadTimeout = 600.0,
     verbose: Verbose = False,
 ) -> None:
-    """Run a strategy (pp, dp or fsdp) with the stand-in UNet and measure it.
+    """Run a plan (pp, dp, fsdp, cfg2, sp2, ...) with the stand-in UNet and measure it.
 
     Every sample's final latents are checked against a 1-rank computation of the same seed. Example:
 
