@@ -25,7 +25,8 @@ ClickUsageError = typer.BadParameter.__mro__[1]
 
 app = typer.Typer(
     name="vidpipe",
-    help="Image-to-video with Stable Video Diffusion, spread over several GPUs (plans of pp, dp, cfg, sp, fsdp), measured honestly; a warm server.",
+    help="Image-to-video with Stable Video Diffusion, spread over several GPUs (plans of pp, dp, cfg, sp, fsdp), "
+         "measured honestly; and a warm server.",
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
