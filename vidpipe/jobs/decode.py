@@ -23,6 +23,7 @@ from vidpipe.models.base import Sample, TensorSpec
 from vidpipe.parallel.plan import chunk_ranges
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, FramesDecoded
+from vidpipe.strategies.handoff import recv_latent, send_latent
 
 
 @dataclass(frozen=True)
@@ -85,13 +86,11 @@ def redistribute(
             if ctx.rank == part.rank == source:
                 mine[key] = finals[sample.index][:, needed.start : needed.stop]
             elif ctx.rank == source:
-                latents = finals[sample.index][:, needed.start : needed.stop]
-                dist.send(latents.to(ctx.device, spec.dtype).contiguous(), part.rank)
+                send_latent(finals[sample.index][:, needed.start : needed.stop].to(ctx.device, spec.dtype),
+                            part.rank)
             elif ctx.rank == part.rank:
-                buffer = torch.empty((spec.shape[0], len(needed), *spec.shape[2:]), dtype=spec.dtype,
-                                     device=ctx.device)
-                dist.recv(buffer, source)
-                mine[key] = buffer.to("cpu")
+                shape = (spec.shape[0], len(needed), *spec.shape[2:])
+                mine[key] = recv_latent(TensorSpec(shape, spec.dtype), source, ctx.device).to("cpu")
     return mine
 
 

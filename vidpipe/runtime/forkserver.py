@@ -50,11 +50,3 @@ def worker_server_pid() -> int | None:
     """The server's process id once it runs (for tests and diagnostics), else None."""
     server = multiprocessing.forkserver._forkserver  # noqa: SLF001 - the stdlib keeps no public handle
     return getattr(server, "_forkserver_pid", None)
-
-
-def server_threads() -> int:
-    """Threads of the calling process (Linux); the server must have exactly one when it forks."""
-    try:
-        return len(os.listdir("/proc/self/task"))
-    except OSError:
-        return 1
