@@ -13,13 +13,14 @@ import torch
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.parallel.layout import Layout
+from vidpipe.strategies.schedule import steps_of
 
 
 def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: StepRecorder) -> dict:
     """Phase 1 on this rank: its group's samples, all steps. Returns {index: final latents on CPU}."""
     finals: dict[int, torch.Tensor] = {}
     for sample in samples[layout.group_index :: layout.plan.groups]:
-        all_steps = range(sample.params.steps if sample.params is not None else model.num_steps)
+        all_steps = range(steps_of(model, sample))
         with recorder.encoding():
             state = model.encode(sample)
         finals[sample.index] = model.denoise(state, all_steps, recorder.on_step_for(sample, all_steps)).to("cpu")

@@ -17,7 +17,7 @@ from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.parallel.layout import Layout
 from vidpipe.strategies.handoff import PendingRecv, PendingSend, post_recv, post_send
-from vidpipe.strategies.schedule import block_sizes, steps_for_rank
+from vidpipe.strategies.schedule import block_sizes, steps_for_rank, steps_of
 
 #: Sends allowed in flight before the sender waits for the oldest: bounds the memory held by unsent states.
 MAX_SENDS_IN_FLIGHT = 2
@@ -49,7 +49,7 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
 
         # 2. Run this stage's block of the sample's steps (the clock of its first step starts now, after the
         #    hand-off); a job file's samples may each have their own number of steps.
-        block = steps_for_rank(_steps_of(model, sample), stages, stage)
+        block = steps_for_rank(steps_of(model, sample), stages, stage)
         on_step = recorder.on_step_for(sample, block)
         if first:
             on_step = ahead.next_during(on_step, position)
@@ -69,10 +69,6 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
         while sends:
             sends.popleft().wait()
     return finals
-
-
-def _steps_of(model: DiffusionModel, sample: Sample) -> int:
-    return sample.params.steps if sample.params is not None else model.num_steps
 
 
 class EncodeAhead:

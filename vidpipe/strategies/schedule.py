@@ -29,3 +29,8 @@ def describe_blocks(total_steps: int, world_size: int, unit: str = "rank") -> st
     return (
         f"{total_steps} steps on {world_size} {unit}s: {longer} run {sizes[0]} steps, {shorter} run {sizes[-1]}"
     )
+
+
+def steps_of(model, sample) -> int:
+    """The sample's number of denoising steps: its own (a job file's or a server's sample), else the model's."""
+    return sample.params.steps if sample.params is not None else model.num_steps
