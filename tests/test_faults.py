@@ -107,6 +107,37 @@ def test_a_stopped_rank_is_named_within_the_stall_timeout(strategy):
     assert "rank 0 stopped responding: no heartbeat for 4 s" in err
 
 
+def worker_server_of(marker: str, timeout: float = 60) -> psutil.Process:
+    """The run's worker server (the forkserver process), as soon as it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for process in processes_with(marker):
+            try:
+                if "forkserver" in " ".join(process.cmdline()):
+                    return process
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.02)
+    raise AssertionError("the worker server did not start")
+
+
+def test_a_stopped_worker_server_is_named_and_nothing_is_left():
+    """The worker server frozen (SIGSTOP) 0.5 s after it appears, while it preloads torch and diffusers: the
+    launcher, waiting on it, sees it make no progress, names it in one line, stops it and exits 1 within
+    --stall-timeout + 10 s (a liveness bound from the issue, with seconds of margin; not a speed target)."""
+    process, marker = start("simulate", "--gpus", "2", "--steps", "28", "--samples", "400", "--step-ms", "20",
+                            "--device", "cpu", "--stall-timeout", "10")
+    server = worker_server_of(marker)
+    time.sleep(0.5)
+    server.send_signal(signal.SIGSTOP)
+    stopped_at = time.monotonic()
+    code, err = finish(process, marker)
+    assert time.monotonic() - stopped_at <= 10 + 10, err
+    assert code == 1
+    assert f"the worker server (pid {server.pid}) made no progress for 10 s while preloading" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_a_run_where_no_rank_progresses_is_stopped():
     """Every rank alive (heartbeats go on) but none moves: the run-wide progress clock ends it and names the
     rank silent longest."""

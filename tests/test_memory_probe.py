@@ -6,7 +6,10 @@ import pytest
 
 from tests.conftest import read_json, run_main
 from vidpipe.config import MemoryProbeConfig
-from vidpipe.jobs.memory_probe import PHASES, Probe, Prober
+from vidpipe.jobs.memory_probe import PHASES, Probe, Prober, memory_figures
+from vidpipe.metrics import RankRecord
+
+GIB = 1024**3
 
 
 def test_fsdp_halves_the_unet_bytes_per_rank_and_pp_keeps_them(cli, tmp_path):
@@ -66,6 +69,35 @@ def test_size_search_keeps_the_aspect_ratio_and_the_multiple():
     assert best["height"] % 16 == 0 and best["width"] == 2 * best["height"]
     assert best["height"] * best["width"] <= 81920 < (best["height"] + 16) * (best["width"] + 32)
 
+
+
+def _cuda_rank(rank: int, allocated_gb: float, reserved_gb: float, driver_gb: float | None) -> RankRecord:
+    record = RankRecord(rank, memory_kind="cuda_max_allocated")
+    record.peak_memory_bytes = {phase: int(allocated_gb * GIB) for phase in PHASES}
+    record.peak_reserved_bytes = {phase: int(reserved_gb * GIB) for phase in PHASES}
+    record.driver_memory_bytes = {} if driver_gb is None else {"decode": int(driver_gb * GIB)}
+    return record
+
+
+@pytest.mark.parametrize(("ranks", "needed", "fits"), [
+    ([(6.0, 7.0, None)], 7.0, True),  # no driver figure (a container): the reserved pool decides
+    ([(6.0, 9.0, None)], 9.0, False),  # allocated fits, the reserved pool does not
+    ([(6.0, 7.0, 8.5)], 8.5, False),  # the pool fits, the context and NCCL buffers on top do not
+    ([(6.0, 7.0, 7.5), (2.0, 3.0, 3.5)], 7.5, True),  # the busiest rank decides
+])
+def test_fits_uses_the_reserved_pool_and_the_driver_figure_not_allocated(ranks, needed, fits):
+    row = memory_figures([_cuda_rank(i, *figures) for i, figures in enumerate(ranks)], budget_gb=8.0)
+    assert row["needed_gb"] == pytest.approx(needed, abs=1e-3) and row["fits"] is fits
+    assert row["peak_memory_gb"] == pytest.approx(max(r[0] for r in ranks), abs=1e-3)  # allocated stays reported
+    assert row["peak_reserved_gb_per_rank"] == [pytest.approx(r[1], abs=1e-3) for r in ranks]
+
+
+def test_fits_on_cpu_is_the_peak_rss_as_before():
+    record = RankRecord(0, peak_memory_bytes={phase: GIB for phase in PHASES})
+    row = memory_figures([record], budget_gb=0.5)
+    assert row["fits"] is False and row["needed_gb"] == row["peak_memory_gb"] == 1.0
+    assert row["peak_reserved_gb_per_rank"] == [None] and row["driver_memory_gb_per_rank"] == [None]
+    assert memory_figures([record], budget_gb=None)["fits"] is True  # no budget: ran without running out
 
 
 @pytest.mark.parametrize(("args", "expected"), [

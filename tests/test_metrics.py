@@ -2,7 +2,7 @@
 
 import pytest
 
-from vidpipe.metrics import RankRecord, summarize
+from vidpipe.metrics import RankRecord, memory_needed_gb, summarize
 from vidpipe.strategies import dp, pp
 
 
@@ -36,3 +36,16 @@ def test_one_sample_has_no_steady_interval():
     report = summarize([record], lambda step_s, n: step_s * n)
     assert report["steady_interval_s"] is None
     assert report["per_sample_latency_s"] == [1.0]
+
+
+def test_memory_needed_is_the_largest_figure_known():
+    assert memory_needed_gb(2.0, None, None) == 2.0  # CPU: peak RSS only
+    assert memory_needed_gb(2.0, 2.5, None) == 2.5  # CUDA without nvidia-smi: the reserved pool
+    assert memory_needed_gb(2.0, 2.5, 3.1) == 3.1  # the driver's charge: context and NCCL buffers on top
+
+
+def test_cpu_runs_report_no_reserved_or_driver_memory():
+    record = RankRecord(0, steps=[(0, 0, 0.0, 1.0)], peak_memory_bytes={"diffuse": 2**30})
+    report = summarize([record], lambda step_s, n: step_s * n)
+    assert report["peak_memory_gb_per_rank"] == [1.0] and report["peak_memory_kind"] == "cpu_peak_rss"
+    assert report["peak_reserved_gb_per_rank"] == [None] and report["driver_memory_gb_per_rank"] == [None]

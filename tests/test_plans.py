@@ -97,6 +97,65 @@ def test_auto_turns_to_sp_or_fsdp_when_one_gpu_cannot_hold_the_job():
     assert choice.estimated_gb <= 24.0
 
 
+def _fake_machine(monkeypatch, visible: str | None):
+    """A 3-GPU machine as nvidia-smi lists it (free: 70, 20 and 50 GiB); CUDA_VISIBLE_DEVICES as given."""
+    from vidpipe.runtime import gpus
+
+    machine = [gpus.GpuInfo(0, "GPU-aa", "NVIDIA H100", 81559.0, 70 * 1024.0, 0.0),
+               gpus.GpuInfo(1, "GPU-bb", "NVIDIA H100", 81559.0, 20 * 1024.0, 0.0),
+               gpus.GpuInfo(2, "GPU-cc", "NVIDIA H100", 81559.0, 50 * 1024.0, 0.0)]
+    monkeypatch.setattr(gpus, "all_gpus", lambda: machine)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+@pytest.mark.parametrize(("visible", "world_size", "free_gb"), [
+    (None, None, 20.0),  # every GPU: the busy GPU 1 is the smallest
+    ("2,0", None, 50.0),  # GPU 1 is not ours: its free memory must not count
+    ("GPU-cc,GPU-bb", 1, 50.0),  # one rank runs on the first visible GPU only
+    ("1,2", 2, 20.0),
+])
+def test_auto_reads_the_free_memory_of_the_visible_gpus_only(monkeypatch, visible, world_size, free_gb):
+    from vidpipe.parallel.auto import free_gpu_memory_gb
+
+    _fake_machine(monkeypatch, visible)
+    assert free_gpu_memory_gb(world_size) == pytest.approx(free_gb)
+
+
+def test_auto_on_cuda_budgets_with_the_visible_gpus(monkeypatch):
+    _fake_machine(monkeypatch, "2,0")
+    choice = choose_plan(2, 2, 25, 25, 576, 1024, True, "cuda", SVD_XT_SIZE)
+    assert choice.budget_gb == pytest.approx(50.0) and "of 50.0 GB free per GPU" in choice.reason
+
+
+def test_auto_sizes_the_vae_in_fp32_whatever_the_run_dtype():
+    from dataclasses import replace
+
+    from vidpipe.parallel.auto import memory_bytes
+
+    vae = 97_739_049
+    plan = ParallelPlan("dp", 1, 1, 1)
+    at_run_dtype = memory_bytes(plan, SVD_XT_SIZE, 25, 576, 1024, True)
+    in_fp32 = memory_bytes(plan, replace(SVD_XT_SIZE, vae_params=vae), 25, 576, 1024, True)
+    assert in_fp32 - at_run_dtype == vae * (4 - SVD_XT_SIZE.dtype_bytes)
+
+
+def test_auto_fits_on_what_the_driver_will_charge_not_on_allocated_bytes():
+    from vidpipe.parallel.auto import GIB, PROCESS_OVERHEAD_GB, RESERVED_PER_ALLOCATED, memory_bytes
+
+    plan = ParallelPlan("dp", 1, 1, 1)
+    allocated_gb = memory_bytes(plan, SVD_XT_SIZE, 25, 576, 1024, True) / GIB
+    driver_gb = allocated_gb * RESERVED_PER_ALLOCATED + PROCESS_OVERHEAD_GB
+    # A GPU with room for the allocated bytes but not the reserved pool and the context: dp1 does not fit.
+    tight = choose_plan(1, 1, 25, 25, 576, 1024, True, "cuda", SVD_XT_SIZE, budget_gb=(allocated_gb + driver_gb) / 2)
+    assert tight.estimated_gb == pytest.approx(driver_gb)
+    assert "nothing fits the estimate" in tight.reason
+    roomy = choose_plan(1, 1, 25, 25, 576, 1024, True, "cuda", SVD_XT_SIZE, budget_gb=driver_gb + 0.01)
+    assert "nothing fits" not in roomy.reason
+
+
 def test_temporal_layers_of_svd_xt():
     layers = temporal_layers(svd_unet_config())
     assert sum(layer.kind == "resnet" for layer in layers) == 22

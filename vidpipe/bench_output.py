@@ -20,7 +20,8 @@ CSV_COLUMNS = (
     "time_per_sample_s", "makespan_s", "speedup", "scaling_efficiency", "speedup_vs_baseline", "efficiency",
     "split_comm_bytes_per_step_per_rank", "split_comm_bytes_per_step_analytic", "split_comm_calls_per_step_per_rank",
     "launch_to_first_step_s", "compiled", "compile_s_per_rank", "step_time_s", "step_time_vs_baseline",
-    "peak_memory_gb_per_rank", "peak_memory_kind", "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
+    "peak_memory_gb_per_rank", "peak_memory_kind", "peak_reserved_gb_per_rank", "driver_memory_gb_per_rank",
+    "comm_s_per_rank", "unet_param_bytes_per_rank", "device",
     "backend", "dtype", "model", "total_steps", "num_samples", "warmup_samples", "repeats", "throughput_per_repeat",
 )
 
@@ -29,7 +30,9 @@ def _cell(value) -> str:
     if value is None:
         return ""
     if isinstance(value, list):
-        return " ".join(_cell(v) for v in value)
+        if all(v is None for v in value):  # a figure this device does not have (CUDA memory on CPU)
+            return ""
+        return " ".join("-" if v is None else _cell(v) for v in value)
     if isinstance(value, float):
         return f"{value:.6g}"
     return str(value)
@@ -61,10 +64,23 @@ def _kb(values) -> str:
     return "-" if not top else f"{top / 1024:.0f}"
 
 
+def _device_memory_columns(runs: list[dict]) -> dict[str, str]:
+    """CUDA-only memory columns (header -> per-rank key) that some run has a figure for; none on CPU."""
+    columns = {"rsv GB": "peak_reserved_gb_per_rank", "drv GB": "driver_memory_gb_per_rank"}
+    return {header: key for header, key in columns.items()
+            if any(_max(run.get(key)) is not None for run in runs if run["status"] == "ok")}
+
+
 def bench_table(summary: dict) -> Table:
     runs = summary["runs"]
     memory_kind = next((r["peak_memory_kind"] for r in runs if r.get("peak_memory_kind")), "cpu_peak_rss")
     memory = "RSS GB" if memory_kind == "cpu_peak_rss" else "GPU GB"
+    device_memory = _device_memory_columns(runs)
+    allocated = "" if memory_kind == "cpu_peak_rss" else "allocated "
+    memory_caption = f"{memory} = peak {allocated}per rank (max over ranks); "
+    if device_memory:
+        memory_caption += ("rsv GB = the allocator's peak reserved pool, drv GB = what nvidia-smi charged the "
+                           "process (context and NCCL buffers included), max over ranks; ")
     shape = (f"latent {'x'.join(map(str, summary['latent_shape']))}" if "latent_shape" in summary
              else f"{summary['frames']} x {summary['height']} x {summary['width']}")
     table = Table(
@@ -76,12 +92,13 @@ def bench_table(summary: dict) -> Table:
                 "JSON/CSV); lat x1 = one sample's latency on the 1-GPU reference over this plan's; x1 = throughput "
                 "speed-up over the same strategy on 1 GPU, xbase = over diffusers; scal = x1 / GPUs; "
                 "eff = ideal / measured makespan; "
-                f"{memory} = peak per rank (max over ranks); comm = hand-off wait, max over ranks; KB/step = "
+                f"{memory_caption}comm = hand-off wait, max over ranks; KB/step = "
                 "what cfg/sp collectives sent per step from the busiest rank, measured / analytic; step s = median "
                 "step, step/base = over the stock pipeline's; compile s = the first step's extra time (--compile)",
     )
     columns = ("strategy", "plan", "GPUs", "first s", "latency s", "lat x1", "interval s", "samples/s", "x1",
-               "xbase", "scal", "eff", "step s", "step/base", "compile s", memory, "comm s", "KB/step", "ok")
+               "xbase", "scal", "eff", "step s", "step/base", "compile s", memory, *device_memory, "comm s",
+               "KB/step", "ok")
     rows = []
     for run in runs:
         if run["status"] != "ok":
@@ -98,7 +115,9 @@ def bench_table(summary: dict) -> Table:
             _num(run["speedup"], 2, "x"), _num(run["speedup_vs_baseline"], 2, "x"),
             _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2), _num(run["step_time_s"], 3),
             _num(run.get("step_time_vs_baseline"), 2), _num(_max(run.get("compile_s_per_rank")), 1),
-            _num(_max(run["peak_memory_gb_per_rank"]), 2), _num(_max(run["comm_s_per_rank"]), 2), sent,
+            _num(_max(run["peak_memory_gb_per_rank"]), 2),
+            *(_num(_max(run.get(key)), 2) for key in device_memory.values()),
+            _num(_max(run["comm_s_per_rank"]), 2), sent,
             "yes" if run["verified"] else "NO",
         ))
     # NOTE: each column is as wide as its header and widest figure, so the natural width shows every figure.

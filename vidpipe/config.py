@@ -40,6 +40,7 @@ class RunOptions:
     verbose: bool = False
     load_timeout_s: float = 600.0
     compile: bool = False  # torch.compile the UNet's repeated blocks (SVD models)
+    dist_timeout_s: float = 1800.0  # the process group's timeout (--dist-timeout)
 
     def __post_init__(self):
         if self.gpus is not None:
@@ -55,6 +56,8 @@ class RunOptions:
             raise UsageError(f"--stall-timeout {self.stall_timeout_s}: must be a positive number of seconds")
         if self.load_timeout_s <= 0:
             raise UsageError(f"--load-timeout {self.load_timeout_s}: must be a positive number of seconds")
+        if self.dist_timeout_s <= 0:
+            raise UsageError(f"--dist-timeout {self.dist_timeout_s}: must be a positive number of seconds")
 
     @property
     def plan_spec(self) -> PlanSpec:
@@ -235,6 +238,7 @@ class MachineOptions:
     load_timeout_s: float = 600.0
     offline: bool = False
     cache_dir: str | None = None
+    dist_timeout_s: float = 1800.0
     json_path: str | None = None  # "-" = stdout
 
     def check_machine(self) -> None:
@@ -244,7 +248,7 @@ class MachineOptions:
 
     def run_options(self, strategy: str, gpus: int, verbose: bool = False) -> RunOptions:
         return RunOptions(gpus, strategy, self.device, self.dtype, self.backend, self.stall_timeout_s, verbose,
-                          self.load_timeout_s)
+                          self.load_timeout_s, dist_timeout_s=self.dist_timeout_s)
 
 
 @dataclass(frozen=True)

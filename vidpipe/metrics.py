@@ -1,28 +1,37 @@
-"""Timers (device-synchronised), memory, and the figures every report carries (design §7).
+"""Timers (device-synchronised), memory, and the figures every report carries (design §7, §12).
 
 Clocks: each rank reads `time.perf_counter()` relative to its own `t0`, taken right after the barrier that
 ends warm-up, so ranks on different machines (torchrun) need no common clock; on one machine the barrier
-releases all ranks within a fraction of a millisecond.
+releases all ranks within a fraction of a millisecond. On CUDA a step's clock is read after the compute stream
+has finished its queued work, never after `torch.cuda.synchronize()`, which also waits for NCCL's streams (a
+send still in flight would then be charged to the next step). Waits and encodes are timed with CUDA events
+(`runtime/timing.py`).
+
+Memory on CUDA is three figures per phase: the allocator's peak allocated and peak reserved bytes, and what the
+driver charges the process (nvidia-smi: the CUDA context, the reserved pool, NCCL and cuBLAS workspaces).
 """
 
 from __future__ import annotations
 
 import math
+import os
 import resource
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from vidpipe.models.base import Sample, StepCallback
-from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, SampleDone, StepDone
+from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, PhaseStarted, SampleDone, StepDone
 from vidpipe.runtime.faults import fault_for, maybe_fail
+from vidpipe.runtime.gpus import driver_memory_mib
+from vidpipe.runtime.timing import DeviceTimer
 
 GIB = 1024**3
+MIB = 1024**2
 
 
 @dataclass
@@ -34,8 +43,10 @@ class RankRecord:
     comm_s: float = 0.0
     encode_s: float = 0.0  # time in `model.encode` (conditioning and starting noise)
     compile_s: float | None = None  # --compile: the first step's extra time (None without --compile)
-    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes
+    peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes (CUDA: allocated)
     memory_kind: str = "cpu_peak_rss"
+    peak_reserved_bytes: dict[str, int] = field(default_factory=dict)  # phase -> CUDA max_memory_reserved
+    driver_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> nvidia-smi's charge at its end
     threads: int = 1
     unet_param_bytes: int = 0  # the denoiser's parameters held by this rank (its shards under fsdp)
     comm_measured: bool = True  # False where communication overlaps compute unseen (fsdp's all-gathers)
@@ -57,10 +68,22 @@ class StepRecorder:
         self.every_step = every_step  # report every step (--verbose), not at most every STEP_EVENT_INTERVAL_S
         self.steps_done = 0
         self.reported_at = 0.0
-        self.record = RankRecord(rank=rank, threads=torch.get_num_threads())
+        self._record = RankRecord(rank=rank, threads=torch.get_num_threads())
+        # Figures timed as spans of device work (CUDA events, resolved when `record` is read).
+        self._span_timers = {"comm_s": DeviceTimer(), "encode_s": DeviceTimer()}
         self.t0 = time.perf_counter()
         self.fault_step = fault_for(rank)
         self.stage_times = stage_times if stage_times is not None else {}
+        #: Announced when this rank's first step is done (e.g. "warmup" after the "compile" phase).
+        self.phase_after_first_step: str | None = None
+
+    @property
+    def record(self) -> RankRecord:
+        """This rank's record, its span-timed figures brought up to date. NOTE: on CUDA that waits for their
+        pending events: read it after the run, not per step."""
+        for figure, timer in self._span_timers.items():
+            setattr(self._record, figure, timer.seconds())
+        return self._record
 
     def start_clock(self) -> None:
         self._sync()
@@ -72,20 +95,25 @@ class StepRecorder:
         return time.perf_counter() - self.t0
 
     def _sync(self) -> None:
+        # NOTE: the compute stream only: `torch.cuda.synchronize` would also wait for NCCL's streams, and charge a
+        # hand-off still in flight (an isend overlapping the next steps) to this rank's step.
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def on_step_for(self, sample: Sample, block: range) -> StepCallback:
         """A callback for `model.denoise` that records each step of `block` for `sample`."""
         last = self.now()
-        rank = self.record.rank
+        rank = self._record.rank
 
         def on_step(step: int) -> None:
             nonlocal last
             end = self.now()
             self.stage_times.setdefault("first_step", time.time())
+            if self.phase_after_first_step is not None:
+                self.events.emit(PhaseStarted(rank, phase=self.phase_after_first_step))
+                self.phase_after_first_step = None
             if self.keep_steps:
-                self.record.steps.append((sample.index, step, last, end))
+                self._record.steps.append((sample.index, step, last, end))
             if sample.index >= 0:
                 self.steps_done += 1
             edge = step in (block.start, block.stop - 1)  # a block's first and last steps: when a sample ran here
@@ -102,38 +130,43 @@ class StepRecorder:
         return on_step
 
     def waiting(self):
-        """Time spent blocked on communication counts as `comm_s`."""
-        return self._timed("comm_s")
+        """Time spent blocked on communication counts as `comm_s`. On CUDA `work.wait()` only makes the compute
+        stream wait, so the wait is timed on that stream (events), not by the host."""
+        return self._span_timers["comm_s"].span(self.device)
 
     def encoding(self):
-        """Time spent encoding samples counts as `encode_s`."""
-        return self._timed("encode_s")
-
-    @contextmanager
-    def _timed(self, figure: str):
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            setattr(self.record, figure, getattr(self.record, figure) + time.perf_counter() - started)
+        """Time spent encoding samples counts as `encode_s` (on CUDA: the compute stream's time, by events)."""
+        return self._span_timers["encode_s"].span(self.device)
 
     def sample_done(self, sample: Sample) -> None:
-        self.events.emit(SampleDone(self.record.rank, sample=sample.index))
+        self.events.emit(SampleDone(self._record.rank, sample=sample.index))
 
     def mark_memory(self, phase: str) -> None:
-        mark_memory(self.device, self.record, phase)
+        mark_memory(self.device, self._record, phase)
 
 
 def mark_memory(device: torch.device, record: RankRecord, phase: str) -> None:
-    """Peak memory since the last mark: CUDA `max_memory_allocated`, else the process's peak RSS."""
+    """Peak memory since the last mark. CUDA: `max_memory_allocated` and `max_memory_reserved`, and what the
+    driver charges this process now (nvidia-smi has no peak; omitted where it cannot tell). CPU: peak RSS."""
     if device.type == "cuda":
         record.memory_kind = "cuda_max_allocated"
         record.peak_memory_bytes[phase] = torch.cuda.max_memory_allocated(device)
+        record.peak_reserved_bytes[phase] = torch.cuda.max_memory_reserved(device)
+        driver_mib = driver_memory_mib(os.getpid())
+        if driver_mib is not None and not math.isnan(driver_mib):
+            record.driver_memory_bytes[phase] = round(driver_mib * MIB)
         torch.cuda.reset_peak_memory_stats(device)
     else:
         # NOTE: RSS peaks cannot be reset: on CPU each phase shows the process's peak so far.
         record.memory_kind = "cpu_peak_rss"
         record.peak_memory_bytes[phase] = peak_rss_bytes()
+
+
+def reset_memory_peak(device: torch.device) -> None:
+    """Start the next phase's peak from what is allocated now (CUDA; CPU RSS peaks cannot be reset). Phase 2
+    calls it once the denoiser is released, so that the decode peak does not count the freed UNet."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def startup_seconds(stage_times: dict[str, float]) -> dict[str, float]:
@@ -149,6 +182,21 @@ def param_bytes(module: torch.nn.Module | None) -> int:
         return 0
     local = (p.to_local() if hasattr(p, "to_local") else p for p in module.parameters())
     return sum(t.numel() * t.element_size() for t in local)
+
+
+def peak_gb(bytes_by_phase: dict[str, int]) -> float | None:
+    """The largest of a rank's per-phase figures in GB; None where none was recorded (CPU, no nvidia-smi)."""
+    return round(max(bytes_by_phase.values()) / GIB, 4) if bytes_by_phase else None
+
+
+def memory_needed_gb(allocated_gb: float, reserved_gb: float | None, driver_gb: float | None) -> float:
+    """What a rank needs of a device, the figure "fits" compares with the budget: the largest one known.
+
+    Allocated bytes understate it: the caching allocator's reserved pool is what really blocks other allocations,
+    and the driver charges the CUDA context and NCCL's buffers on top. On CPU only `allocated_gb` (peak RSS) is
+    known.
+    """
+    return max(v for v in (allocated_gb, reserved_gb, driver_gb) if v is not None)
 
 
 def peak_rss_bytes() -> int:
@@ -228,6 +276,9 @@ def summarize(
         ],
         "peak_memory_gb_per_rank_by_phase": peak_by_phase,
         "peak_memory_kind": records[0].memory_kind if records else None,
+        # CUDA only (None on CPU): the allocator's pool, and the driver's charge for the process (nvidia-smi).
+        "peak_reserved_gb_per_rank": [peak_gb(r.peak_reserved_bytes) for r in records],
+        "driver_memory_gb_per_rank": [peak_gb(r.driver_memory_bytes) for r in records],
         "threads_per_rank": [r.threads for r in records],
         # cfg/sp collectives inside each step (hand-offs are in comm_s_per_rank): measured bytes this rank sent.
         "split_comm_bytes_per_step_per_rank": [

@@ -67,10 +67,22 @@ def group_description(plan: ParallelPlan) -> str:
     return f"; each group of {plan.group_size} ranks splits every step of a sample: {' x '.join(splits)}{sharded}"
 
 
-def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> dict:
-    import torch
+def gpu_description(world_size: int) -> str:
+    """The GPUs a run of `world_size` ranks on this machine uses, as the driver names them ("NVIDIA H200", "2 x
+    ..." when they differ). NOTE: read with nvidia-smi: asking torch would create a CUDA context in the launcher."""
+    from vidpipe.runtime.gpus import visible_gpus
 
-    device = torch.cuda.get_device_name(0) if device_type == "cuda" else f"cpu ({platform.processor() or 'x86'})"
+    names = [gpu.name for gpu in visible_gpus()[:max(1, world_size)]]
+    if not names:
+        return "cuda (nvidia-smi unavailable: GPU name unknown)"
+    counts = {name: names.count(name) for name in dict.fromkeys(names)}
+    if len(counts) == 1:
+        return names[0]
+    return " + ".join(f"{count} x {name}" for name, count in counts.items())
+
+
+def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> dict:
+    device = gpu_description(world_size) if device_type == "cuda" else f"cpu ({platform.processor() or 'x86'})"
     return {
         "device": device,
         "device_type": device_type,
@@ -184,7 +196,8 @@ def summary_table(report: dict) -> Table:
                         f"{report['device']}")
     table.add_column("figure")
     table.add_column("value", justify="right")
-    memory_label = "peak RSS GB/rank" if report["peak_memory_kind"] == "cpu_peak_rss" else "peak GPU GB/rank"
+    memory_label = ("peak RSS GB/rank" if report["peak_memory_kind"] == "cpu_peak_rss"
+                    else "peak GPU GB/rank (allocated)")
     rows = [
         ("first sample time s (pipeline fill)", _fmt(report["first_sample_time_s"])),
         ("latency mean / p50 / max s", " / ".join(
@@ -200,10 +213,12 @@ def summary_table(report: dict) -> Table:
         ("comm s per rank (hand-offs)", " ".join(_fmt(v, 3) for v in report["comm_s_per_rank"])),
         ("encode s per rank", " ".join(_fmt(v, 3) for v in report["encode_s_per_rank"])),
         (memory_label, " ".join(_fmt(v, 2) for v in report["peak_memory_gb_per_rank"])),
+        *device_memory_rows(report),
         ("backend / dtype", f"{report['backend']} / {report['dtype']}"),
     ]
     if any(report.get("split_comm_bytes_per_step_per_rank") or []):
-        rows.insert(-2, ("cfg/sp bytes sent per step per rank", " ".join(
+        after_encode = [name for name, _ in rows].index("encode s per rank") + 1  # beside the other comm figures
+        rows.insert(after_encode, ("cfg/sp bytes sent per step per rank", " ".join(
             _fmt_bytes(v) for v in report["split_comm_bytes_per_step_per_rank"])))
     if report.get("launch_to_first_step_s"):
         rows.append(("launch -> every rank's first step s", _fmt(report["launch_to_first_step_s"], 2)))
@@ -212,6 +227,17 @@ def summary_table(report: dict) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def device_memory_rows(report: dict) -> list[tuple[str, str]]:
+    """The CUDA-only memory figures, where the run has them (none on CPU, so its table stays as it was)."""
+    rows = []
+    for label, key in (("peak reserved GB/rank (allocator pool)", "peak_reserved_gb_per_rank"),
+                       ("driver GB/rank (nvidia-smi, per process)", "driver_memory_gb_per_rank")):
+        values = report.get(key) or []
+        if any(v is not None for v in values):
+            rows.append((label, " ".join(_fmt(v, 2) for v in values)))
+    return rows
 
 
 def sample_rows(latency_by_sample: dict, completion_by_sample: dict, seeds: dict) -> list[dict]:

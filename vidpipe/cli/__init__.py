@@ -5,13 +5,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Annotated
 
-import typer
+# NOTE: before anything imports torch: diffusers asks for an accelerator at import time, and without this torch asks
+# the CUDA runtime (cudaGetDeviceCount), which starts the driver in the launcher. With it, torch asks NVML. A user's
+# own setting wins.
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
+import typer  # noqa: E402
 
 from vidpipe.cli.bench import bench
+from vidpipe.cli.doctor import doctor
 from vidpipe.cli.generate import generate
 from vidpipe.cli.memory_probe import memory_probe
 from vidpipe.cli.serve import serve
@@ -37,7 +44,8 @@ app = typer.Typer(
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
-    """vidpipe: generate, simulate, bench, memory-probe, serve, submit. Run `vidpipe COMMAND --help` for each."""
+    """vidpipe: generate, simulate, bench, memory-probe, serve, submit, doctor. Run `vidpipe COMMAND --help` for
+    each."""
 
 
 app.command(no_args_is_help=True)(generate)
@@ -46,6 +54,7 @@ app.command(no_args_is_help=False)(bench)
 app.command("memory-probe", no_args_is_help=False)(memory_probe)
 app.command(no_args_is_help=False)(serve)
 app.command(no_args_is_help=True)(submit)
+app.command(no_args_is_help=False)(doctor)
 
 
 def _error(message: str) -> None:

@@ -11,6 +11,7 @@ from vidpipe.cli.options import (
     Backend,
     CacheDir,
     Device,
+    DistTimeout,
     Dtype,
     LoadTimeout,
     Offline,
@@ -62,6 +63,7 @@ def bench(
         "--plot", help="Write PNG plots here: throughput, latency, scaling efficiency, peak memory vs GPUs.")] = None,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
+    dist_timeout: DistTimeout = 1800.0,
     verbose: Verbose = False,
 ) -> None:
     """Measure strategies side by side: latency, throughput, speed-up, scaling efficiency, peak memory.
@@ -84,6 +86,7 @@ def bench(
         latent_shape=latent_shape or BenchConfig.latent_shape, frames=frames, height=height, width=width,
         step_ms=step_ms, image=str(image) if image else None, seed=seed, device=device, dtype=dtype,
         backend=backend, stall_timeout_s=stall_timeout, load_timeout_s=load_timeout, offline=offline,
+        dist_timeout_s=dist_timeout,
         cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
         csv_path=str(csv_path) if csv_path else None, compile=compile_unet,
         plot_dir=str(plot_dir) if plot_dir else None, verbose=verbose,

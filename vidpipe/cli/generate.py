@@ -12,6 +12,7 @@ from vidpipe.cli.options import (
     Backend,
     CacheDir,
     Device,
+    DistTimeout,
     Dtype,
     JsonPath,
     LoadTimeout,
@@ -76,6 +77,7 @@ def generate(
                           "time, cached after; on CPU it needs a C compiler). Works with every plan.")] = False,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
+    dist_timeout: DistTimeout = 1800.0,
     verbose: Verbose = False,
 ) -> None:
     """Turn image(s) into videos. Example: vidpipe generate photo.png --gpus 4 --samples 4
@@ -88,7 +90,8 @@ def generate(
     from vidpipe.jobs.generate import generate as run_generate
     from vidpipe.media import parse_formats
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout, compile_unet)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout, compile_unet,
+                     dist_timeout_s=dist_timeout)
     config = GenerateConfig(
         run, tuple(str(p) for p in images or ()), model, samples, seed, steps, frames, height, width, fps,
         motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,

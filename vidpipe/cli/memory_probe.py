@@ -6,7 +6,16 @@ from typing import Annotated
 
 import typer
 
-from vidpipe.cli.options import Backend, CacheDir, Device, Dtype, LoadTimeout, Offline, StallTimeout
+from vidpipe.cli.options import (
+    Backend,
+    CacheDir,
+    Device,
+    DistTimeout,
+    Dtype,
+    LoadTimeout,
+    Offline,
+    StallTimeout,
+)
 from vidpipe.config import MemoryProbeConfig, parse_int_list, parse_list, parse_sizes
 from vidpipe.runtime.forkserver import start_worker_server
 
@@ -38,6 +47,7 @@ def memory_probe(
     json_path: Annotated[str | None, typer.Option("--json", help="Write the results here (- = stdout).")] = None,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
+    dist_timeout: DistTimeout = 1800.0,
 ) -> None:
     """What fits where: parameter bytes and peak memory per rank, per phase, per strategy and GPU count.
 
@@ -61,5 +71,6 @@ def memory_probe(
         sizes=parse_sizes("--size", size) if size else (None,), budget_gb=budget_gb, search=search,
         search_limit=search_limit, decode_chunk_size=decode_chunk_size, device=device, dtype=dtype,
         backend=backend, stall_timeout_s=stall_timeout, load_timeout_s=load_timeout, offline=offline,
+        dist_timeout_s=dist_timeout,
         cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path,
     ))

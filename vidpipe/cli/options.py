@@ -38,5 +38,10 @@ LoadTimeout = Annotated[
     typer.Option("--load-timeout", help="Seconds a rank may spend loading (or building) the model before the "
                                         "run is declared stalled."),
 ]
+DistTimeout = Annotated[
+    float,
+    typer.Option("--dist-timeout", help="Seconds a collective (NCCL/gloo) may wait for its peers before it fails "
+                                        "(the process group's timeout)."),
+]
 Offline = Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")]

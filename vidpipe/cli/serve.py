@@ -13,6 +13,7 @@ from vidpipe.cli.options import (
     Backend,
     CacheDir,
     Device,
+    DistTimeout,
     Dtype,
     Gpus,
     LoadTimeout,
@@ -51,6 +52,7 @@ def serve(
     cache_dir: CacheDir = None,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
+    dist_timeout: DistTimeout = 1800.0,
 ) -> None:
     """Keep the model warm on the GPUs and run jobs as they come over HTTP (see docs/serve.md).
 
@@ -62,7 +64,8 @@ def serve(
     start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.serve.server import serve as run_server
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, False, load_timeout, compile_unet)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, False, load_timeout, compile_unet,
+                     dist_timeout_s=dist_timeout)
     run_server(ServeConfig(
         run, model, str(out), host, port, max_queue, token or os.environ.get("VIDPIPE_TOKEN") or None, max_upload_mb,
         offline, str(cache_dir) if cache_dir else None, vae_device,

@@ -9,6 +9,7 @@ import typer
 from vidpipe.cli.options import (
     Backend,
     Device,
+    DistTimeout,
     Dtype,
     Gpus,
     JsonPath,
@@ -45,6 +46,7 @@ def simulate(
     json_path: JsonPath = None,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
+    dist_timeout: DistTimeout = 1800.0,
     verbose: Verbose = False,
 ) -> None:
     """Run a plan (pp, dp, fsdp, cfg2, sp2, ...) with the stand-in UNet and measure it.
@@ -56,5 +58,6 @@ def simulate(
     start_worker_server(SIMULATE_PRELOAD)  # imports for the ranks, on another core, while we go on
     from vidpipe.jobs.simulate import simulate as run_simulate
 
-    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout)
+    run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout,
+                     dist_timeout_s=dist_timeout)
     run_simulate(SimulateConfig(run, steps, samples, warmup_samples, latent_shape, step_ms, seed, json_path))

@@ -17,7 +17,7 @@ from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.strategies.registry import scheduler_for
 
-__all__ = ["build_layout", "load_svd_for", "run_diffusion", "gather_to_first", "warmup_samples"]
+__all__ = ["build_layout", "load_svd_for", "run_diffusion", "gather_to_first", "start_compiling", "warmup_samples"]
 
 
 def load_svd_for(layout: Layout, source, dtype: str, params):
@@ -52,19 +52,26 @@ def run_diffusion(
     ctx = layout.ctx
     ctx.stage_times["loaded"] = time.time()
     parallelize(model, layout)
+    recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
+    recorder.record.unet_param_bytes = param_bytes(model.unet)
+    recorder.mark_memory("load")  # the weights and the plan's buffers, before any step runs
     if compile_unet:
-        apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
+        start_compiling(model, ctx, events)
     scheduler = scheduler_for(layout.plan)
     warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     if warmup > 0:
-        events.emit(PhaseStarted(ctx.rank, phase="warmup"))
+        if compile_unet:
+            warm.phase_after_first_step = "warmup"
+        else:
+            events.emit(PhaseStarted(ctx.rank, phase="warmup"))
         scheduler.run(layout, model, warmup_samples(samples, warmup), warm)
+        recorder.mark_memory("warmup")
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
-    recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
-    recorder.record.unet_param_bytes = param_bytes(model.unet)
-    recorder.mark_memory("load")
     ctx.barrier()
-    events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
+    if compile_unet and warmup == 0:
+        recorder.phase_after_first_step = "diffuse"  # still compiling: the first measured step compiles
+    else:
+        events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
     comm_before = layout.comm.snapshot()
     recorder.start_clock()
     finals = scheduler.run(layout, model, samples, recorder)
@@ -76,6 +83,14 @@ def run_diffusion(
     if compile_unet:
         record.compile_s = first_call_overhead(warm.record, record)
     return finals, record
+
+
+def start_compiling(model: DiffusionModel, ctx: DistContext, events: EventSink) -> None:
+    """Compile the denoiser's repeated blocks and enter the "compile" phase, which lasts until this rank's first
+    step is done. NOTE: torch.compile compiles inside the first call of each block shape: minutes on a large UNet
+    with no step event, so the watchdog must treat it as loading (--load-timeout), not as a stall."""
+    apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
+    events.emit(PhaseStarted(ctx.rank, phase="compile"))
 
 
 def first_call_overhead(warm: RankRecord, measured: RankRecord) -> float | None:

@@ -13,7 +13,7 @@ from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import decode_and_write, plan_decode, redistribute
 from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
-from vidpipe.metrics import mark_memory, timeline
+from vidpipe.metrics import mark_memory, reset_memory_peak, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource, resolve_model
 from vidpipe.parallel.plan import AUTO, ParallelPlan
@@ -68,6 +68,7 @@ class GenerateJob:
         # Phase 2: the UNet goes first, so decode has the memory diffusion used.
         events.emit(PhaseStarted(ctx.rank, phase="decode"))
         model.release_denoiser()
+        reset_memory_peak(ctx.device)  # the decode peak must not count the UNet just freed
         specs = [model.sample_spec(sample)["latents"] for sample in samples]
         sizes = [(spec.shape[1], model.params_of(sample).decode_chunk_size) for spec, sample in zip(specs, samples,
                                                                                                      strict=True)]
@@ -244,7 +245,7 @@ def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int
         counts = parameter_counts(source)
         dtype_bytes = 2 if resolve_dtype(run.dtype, device_type) in ("fp16", "bf16") else 4
         model_size = ModelSize(counts["unet"], counts["vae"] + counts["image_encoder"], counts["first_channels"],
-                               dtype_bytes)
+                               dtype_bytes, vae_params=counts["vae"])
         choice = choose_plan(world_size, num_samples, config.steps, *size, config.max_guidance > 1, device_type,
                              model_size)
         stderr_console.print(f"auto -> {choice.plan.name}: {choice.reason}", markup=False, highlight=False)

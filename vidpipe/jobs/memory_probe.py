@@ -1,10 +1,16 @@
 """`memory-probe`: load the model under a strategy, then encode one sample, run one denoising step and decode it,
 measuring each rank's peak memory per phase. Each configuration runs in fresh processes, so an out-of-memory
 in one takes nothing else down; the probe reports it and goes on. `--search` bisects for the largest frame
-count or resolution that fits."""
+count or resolution that fits.
+
+"Fits": the largest memory figure known for the busiest rank is within the budget (`metrics.memory_needed_gb`):
+on CUDA the allocator's peak reserved pool and, where nvidia-smi tells, the driver's charge for the process
+(context and NCCL buffers included), never the allocated bytes alone; on CPU the peak RSS. The budget on CUDA is
+the smallest visible GPU's memory, read with nvidia-smi: the launcher creates no CUDA context of its own."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +20,7 @@ from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
 from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for
 from vidpipe.jobs.run import place, run_with_display
-from vidpipe.metrics import GIB, RankRecord, mark_memory, param_bytes
+from vidpipe.metrics import GIB, RankRecord, mark_memory, memory_needed_gb, param_bytes, peak_gb
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import ModelSource
 from vidpipe.parallel.parallelize import parallelize
@@ -23,6 +29,7 @@ from vidpipe.report import print_wide, stderr_console, write_json
 from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
+from vidpipe.runtime.gpus import visible_gpus
 from vidpipe.runtime.launch import under_torchrun
 from vidpipe.strategies.registry import scheduler_for
 
@@ -107,8 +114,7 @@ class Prober:
         if config.budget_gb is not None:
             self.budget_gb, self.budget_source = config.budget_gb, "--budget-gb"
         elif self.device_type == "cuda":
-            total = torch.cuda.get_device_properties(0).total_memory
-            self.budget_gb, self.budget_source = total / GIB, f"{torch.cuda.get_device_name(0)} memory"
+            self.budget_gb, self.budget_source = gpu_memory_budget()
         else:
             self.budget_gb, self.budget_source = None, None
 
@@ -151,18 +157,8 @@ class Prober:
                 return {**row, "status": "out of memory", "fits": False, "reason": message}
             raise
         records = [record for record, _ in gathered]
-        peaks = {phase: [round(r.peak_memory_bytes[phase] / GIB, 4) for r in records] for phase in PHASES}
-        peak = max(max(values) for values in peaks.values())
-        fits = True if self.budget_gb is None else peak <= self.budget_gb
-        return {
-            **row, "status": "ok", "fits": fits, "reason": None,
-            "unet_param_bytes_per_rank": [r.unet_param_bytes for r in records],
-            "resident_param_bytes_per_rank": [resident for _, resident in gathered],
-            "peak_memory_gb_per_rank_by_phase": peaks,
-            "peak_memory_gb": peak,
-            "peak_memory_kind": records[0].memory_kind,
-            "budget_gb": self.budget_gb,
-        }
+        return {**row, "status": "ok", "reason": None, **memory_figures(records, self.budget_gb),
+                "resident_param_bytes_per_rank": [resident for _, resident in gathered]}
 
     def search(self, strategy: str, gpus: int, frames: int, height: int, width: int) -> tuple[dict | None, list]:
         """Bisect the chosen axis for the largest value that fits: frames, or height (in steps of the model's
@@ -211,6 +207,37 @@ class Prober:
         return best, tried
 
 
+def gpu_memory_budget() -> tuple[float | None, str | None]:
+    """(GB, where it comes from): the smallest visible GPU's total memory, read with nvidia-smi so that the
+    launcher creates no CUDA context (0.3-0.5 GB on GPU 0 that no figure would count); (None, None) without it."""
+    gpus = [gpu for gpu in visible_gpus() if not math.isnan(gpu.memory_total_mib)]  # NaN: not reported
+    if not gpus:
+        return None, None
+    smallest = min(gpus, key=lambda gpu: gpu.memory_total_mib)
+    return smallest.memory_total_mib / 1024, f"{smallest.name} memory"
+
+
+def memory_figures(records: list[RankRecord], budget_gb: float | None) -> dict:
+    """A probe row's memory figures from every rank's record, and whether it fits `budget_gb` (None: no budget,
+    fits = ran without running out of memory). See the module docstring for the rule."""
+    peaks = {phase: [round(r.peak_memory_bytes[phase] / GIB, 4) for r in records] for phase in PHASES}
+    reserved = [peak_gb(r.peak_reserved_bytes) for r in records]
+    driver = [peak_gb(r.driver_memory_bytes) for r in records]
+    allocated = [max(values[rank] for values in peaks.values()) for rank in range(len(records))]
+    needed = max(memory_needed_gb(*figures) for figures in zip(allocated, reserved, driver, strict=True))
+    return {
+        "fits": True if budget_gb is None else needed <= budget_gb,
+        "unet_param_bytes_per_rank": [r.unet_param_bytes for r in records],
+        "peak_memory_gb_per_rank_by_phase": peaks,
+        "peak_memory_gb": max(allocated),
+        "peak_memory_kind": records[0].memory_kind,
+        "peak_reserved_gb_per_rank": reserved,
+        "driver_memory_gb_per_rank": driver,
+        "needed_gb": needed,  # the figure "fits" compares with the budget
+        "budget_gb": budget_gb,
+    }
+
+
 class _Skip(Exception):
     def __init__(self, row: dict):
         self.row = row
@@ -224,6 +251,9 @@ def _line(row: dict) -> str:
     what = f"{row['strategy']} x{row['world_size']}, {row['frames']} frames at {row['height']}x{row['width']}"
     if row["status"] != "ok":
         return f"{what}: {row['status']}" + (f" ({row['reason']})" if row.get("reason") else "")
+    needed = row.get("needed_gb")
+    if needed is not None and needed != row["peak_memory_gb"]:  # CUDA: reserved or the driver's figure decides
+        return f"{what}: peak {row['peak_memory_gb']:.2f} GB allocated, needs {needed:.2f} GB, fits {row['fits']}"
     return f"{what}: peak {row['peak_memory_gb']:.2f} GB, fits {row['fits']}"
 
 
@@ -234,8 +264,10 @@ def memory_probe(config: MemoryProbeConfig) -> dict:
         raise UsageError("memory-probe starts fresh processes for every configuration: run it directly")
     prober = Prober(config)
     if config.search and prober.budget_gb is None:
+        where = ("on CPU" if prober.device_type == "cpu"
+                 else "here (nvidia-smi could not tell the GPUs' memory)")
         raise UsageError(
-            f"--search {config.search} on CPU needs --budget-gb: without a budget the search would grow until the "
+            f"--search {config.search} {where} needs --budget-gb: without a budget the search would grow until the "
             "machine runs out of memory (on a GPU the device's memory is the budget)"
         )
     probes = prober.probes()
@@ -254,6 +286,7 @@ def memory_probe(config: MemoryProbeConfig) -> dict:
                 "strategy": probe.strategy, "world_size": probe.gpus, "axis": config.search,
                 "largest_fitting": None if best is None else {k: best[k] for k in ("frames", "height", "width")},
                 "peak_memory_gb": None if best is None else best["peak_memory_gb"],
+                "needed_gb": None if best is None else best.get("needed_gb"),
             })
             _write(summary, config)
     else:

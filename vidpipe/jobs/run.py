@@ -42,7 +42,7 @@ def place(
     backend = resolve_backend(run.backend, device_type)
     dtype = resolve_dtype(run.dtype, device_type)
     draws = not torchrun or int(os.environ.get("LOCAL_RANK", "0")) == 0
-    spec = LaunchSpec(world_size, device_type, backend, run.stall_timeout_s, run.load_timeout_s)
+    spec = LaunchSpec(world_size, device_type, backend, run.stall_timeout_s, run.load_timeout_s, run.dist_timeout_s)
     return Placement(spec, dtype, torchrun, draws, plan)
 
 

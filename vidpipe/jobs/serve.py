@@ -148,7 +148,7 @@ class ServeRank:
         sample = pickle.loads(payload.numpy().tobytes())
         state = {}
         for tag, (name, spec) in enumerate(self.model.state_spec(sample.params).items(), start=2):
-            state[name] = torch.empty(spec.shape, dtype=spec.dtype, device=self.ctx.device)
+            state[name] = spec.empty(self.ctx.device)
             dist.recv(state[name], source, tag=tag)
         return sample, state
 
@@ -162,7 +162,8 @@ class ServeRank:
         header = torch.tensor([kind, 0 if payload is None else payload.numel()], dtype=torch.int64)
         tensors = [header] + ([payload] if payload is not None else [])
         if state is not None:
-            tensors += [state[name].contiguous() for name in self.model.state_spec(sample.params)]
+            tensors += [state[name].to(spec.device_for(self.ctx.device)).contiguous()
+                        for name, spec in self.model.state_spec(sample.params).items()]
         works = [dist.isend(tensor, target, tag=tag) for tag, tensor in enumerate(tensors)]
         self.sends.append((works, tensors))  # NOTE: the tensors must live until their sends complete
         while len(self.sends) > MAX_SENDS_IN_FLIGHT:

@@ -33,10 +33,22 @@ class Sample:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """Shape and dtype of one tensor of a `SampleState`, so a receiving rank can allocate it in advance."""
+    """Shape and dtype of one tensor of a `SampleState`, so a receiving rank can allocate it in advance.
+
+    `on_host`: the tensor lives on the CPU whatever the device (small control values a rank reads on the host,
+    such as a sample's step count). On GPUs it then travels over gloo, the rest over NCCL.
+    """
 
     shape: tuple[int, ...]
     dtype: torch.dtype
+    on_host: bool = False
+
+    def device_for(self, device: torch.device) -> torch.device:
+        return torch.device("cpu") if self.on_host else torch.device(device)
+
+    def empty(self, device: torch.device) -> torch.Tensor:
+        """An uninitialised tensor of this spec, on `device` (or the CPU, when `on_host`)."""
+        return torch.empty(self.shape, dtype=self.dtype, device=self.device_for(device))
 
 
 class DiffusionModel(Protocol):

@@ -126,16 +126,17 @@ def random_components(
 ) -> dict[str, object]:
     """Pipeline components with random weights from a config directory, identical on every call.
 
-    NOTE: each component is seeded (and built directly on `device`, which is fast for full-size models), so
-    every rank of a run holds the same weights without any of them being written to disk.
+    NOTE: each component is seeded and built on the CPU, then moved: every rank of a run, whatever its plan,
+    holds the same weights without any of them being written to disk. (Built on a GPU, the weights would come
+    from CUDA's generator, and a plan that builds on the CPU, as fsdp does, would hold other weights.)
     """
     unet_config = UNetSpatioTemporalConditionModel.load_config(config_dir / "unet")
     vae_config = AutoencoderKLTemporalDecoder.load_config(config_dir / "vae")
     unet_device = torch.device(unet_device or device)
-    with torch.random.fork_rng(devices=[]), unet_device:
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(0)
         unet = UNetSpatioTemporalConditionModel.from_config(unet_config)
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(0)
         vae = AutoencoderKLTemporalDecoder.from_config(vae_config)
         image_encoder = None
@@ -269,7 +270,7 @@ class SVDModel:
             "image_embeddings": TensorSpec((1, 1, self.embedding_dim), self.dtype),
             "image_latents": TensorSpec((1, *latent), self.dtype),
             "added_time_ids": TensorSpec((1, 3), self.dtype),
-            "sampling": TensorSpec((3,), torch.float64),
+            "sampling": TensorSpec((3,), torch.float64, on_host=True),
         }
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:

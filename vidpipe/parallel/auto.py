@@ -5,8 +5,14 @@ Every plan that fits the world size is scored with a small model and the fastest
 - time of the batch, in units of one step on one rank: rounds x steps / group speed-up, where rounds is
   ceil(N / G) for dp groups and 1 + (N - 1) / G for the step pipeline (fill, then one sample per block), and the
   group speed-up is CFG_SPEEDUP for cfg2 times K / (1 + SP_OVERHEAD (K - 1)) for spK, FSDP_SLOWDOWN with fsdp;
-- memory per rank: the UNet's parameters (1/group with fsdp), the VAE and the image encoder, and the
-  activations of one UNet call, proportional to the batch rows and frames a rank holds (`activation_bytes`).
+- memory per rank: the UNet's parameters (1/group with fsdp), the image encoder, the VAE in fp32 (it encodes
+  upcast and phase 2 decodes in fp32, whatever the run's dtype), and the activations of one UNet call,
+  proportional to the batch rows and frames a rank holds (`activation_bytes`).
+
+A plan fits when what the driver will charge each rank fits the GPUs' free memory as the driver reports it
+(nvidia-smi, the visible GPUs only): the estimate above is what the allocator hands out (allocated), the caching
+allocator reserves more than that (RESERVED_PER_ALLOCATED) and every rank adds a CUDA context and NCCL's buffers
+(PROCESS_OVERHEAD_GB). That is the rule `memory-probe` measures: reserved and the driver's figure, not allocated.
 
 The speed-up constants are assumptions taken from `vidpipe bench` on this project's machines (see
 docs/strategies.md), not measurements of yours: `vidpipe bench --compare ...` measures the real thing.
@@ -15,11 +21,10 @@ docs/strategies.md), not measurements of yours: `vidpipe bench --compare ...` me
 from __future__ import annotations
 
 import math
-import shutil
-import subprocess
 from dataclasses import dataclass
 
 from vidpipe.parallel.plan import ParallelPlan, frame_split
+from vidpipe.runtime import gpus
 
 #: Speed-up of one step with the guidance batch split over 2 ranks (one all-gather of a latent per step).
 CFG_SPEEDUP = 1.9
@@ -27,8 +32,12 @@ CFG_SPEEDUP = 1.9
 SP_OVERHEAD = 0.12
 #: fsdp's all-gathers slow every step a little; it is chosen for memory, never for speed.
 FSDP_SLOWDOWN = 0.9
-#: Keep this share of a GPU's free memory as headroom (allocator fragmentation, CUDA context, NCCL buffers).
-MEMORY_HEADROOM = 0.9
+#: The caching allocator's reserved pool over the bytes it hands out (block rounding, fragmentation).
+RESERVED_PER_ALLOCATED = 1.1
+#: What the driver charges a rank beyond the reserved pool: the CUDA context, NCCL's buffers, cuBLAS workspaces.
+PROCESS_OVERHEAD_GB = 1.0
+#: The VAE is held in fp32 whatever the run's dtype (see the module docstring).
+VAE_DTYPE_BYTES = 4
 GIB = 1024**3
 
 
@@ -40,6 +49,7 @@ class ModelSize:
     other_params: int  # VAE + image encoder
     first_channels: int  # the UNet's widest-resolution channel count
     dtype_bytes: int
+    vae_params: int = 0  # of `other_params`, the VAE's: sized in fp32, the rest at `dtype_bytes`
 
 
 @dataclass(frozen=True)
@@ -73,10 +83,19 @@ def activation_bytes(size: ModelSize, batch: int, frames: int, height: int, widt
 
 
 def memory_bytes(plan: ParallelPlan, size: ModelSize, frames: int, height: int, width: int, guidance: bool) -> float:
+    """Bytes the allocator hands out on the busiest rank of `plan` (allocated, not reserved)."""
     unet = size.unet_params * size.dtype_bytes / (plan.group_size if plan.fsdp else 1)
+    encoder = (size.other_params - size.vae_params) * size.dtype_bytes
+    vae = size.vae_params * VAE_DTYPE_BYTES
     batch = (2 if guidance else 1) // plan.cfg
     local_frames = frame_split(frames, plan.sp)[0]
-    return unet + size.other_params * size.dtype_bytes + activation_bytes(size, batch, local_frames, height, width)
+    return unet + encoder + vae + activation_bytes(size, batch, local_frames, height, width)
+
+
+def driver_memory_gb(allocated_bytes: float) -> float:
+    """What the driver will charge a rank whose allocator hands out `allocated_bytes`: the reserved pool plus
+    the process's own overhead. The figure compared with the GPUs' free memory."""
+    return allocated_bytes * RESERVED_PER_ALLOCATED / GIB + PROCESS_OVERHEAD_GB
 
 
 def candidates(world_size: int, frames: int, steps: int, guidance: bool) -> list[ParallelPlan]:
@@ -104,15 +123,15 @@ def choose_plan(
 ) -> Choice:
     """The plan `generate --strategy auto` runs, and one line saying why."""
     if budget_gb is None and device_type == "cuda":
-        budget_gb = free_gpu_memory_gb()
+        budget_gb = free_gpu_memory_gb(world_size)
     plans = candidates(world_size, frames, steps, guidance)
 
     def memory_gb(plan: ParallelPlan) -> float | None:
-        return memory_bytes(plan, size, frames, height, width, guidance) / GIB if size else None
+        return driver_memory_gb(memory_bytes(plan, size, frames, height, width, guidance)) if size else None
 
     def fits(plan: ParallelPlan) -> bool:
         needed = memory_gb(plan)
-        return budget_gb is None or needed is None or needed <= budget_gb * MEMORY_HEADROOM
+        return budget_gb is None or needed is None or needed <= budget_gb
 
     fitting = [plan for plan in plans if fits(plan)]
     # Fastest first; among equals the smaller group (less communication), dp before pp, no fsdp.
@@ -146,15 +165,10 @@ def _reason(plan: ParallelPlan, samples: int, world_size: int, frames: int, devi
     return f"{what}: {how}{memory}"
 
 
-def free_gpu_memory_gb() -> float | None:
-    """The smallest free memory over the visible GPUs, read with nvidia-smi so that the parent never creates a
-    CUDA context of its own (it would hold GPU 0 memory for the whole run). None when it cannot be read."""
-    if shutil.which("nvidia-smi") is None:
-        return None
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-                             capture_output=True, text=True, timeout=10, check=True).stdout
-        values = [float(line) for line in out.split() if line.strip()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    return min(values) / 1024 if values else None
+def free_gpu_memory_gb(world_size: int | None = None) -> float | None:
+    """The smallest free memory, in GB, over the GPUs the run's ranks get: the first `world_size` that
+    `CUDA_VISIBLE_DEVICES` leaves visible (all of them when None). Read with nvidia-smi so that the parent never
+    creates a CUDA context of its own (it would hold GPU 0 memory for the whole run). None when it cannot be read."""
+    visible = gpus.visible_gpus()[:world_size]
+    free = [gpu.memory_free_mib for gpu in visible if not math.isnan(gpu.memory_free_mib)]
+    return min(free) / 1024 if free else None

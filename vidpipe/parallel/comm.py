@@ -11,11 +11,12 @@ through `all_to_all_single` with split sizes on flat buffers (all-to-alls).
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
+
+from vidpipe.runtime.timing import DeviceTimer, SpanStart, span_start
 
 #: torch 2.13 renamed all_gather_into_tensor (and warns on the old name); older releases have only the old one.
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
@@ -23,14 +24,26 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 
 @dataclass
 class CommStats:
+    """What this rank's collectives sent, how many there were, and the time spent in them: host seconds on CPU,
+    the compute stream's seconds on CUDA, from events around each call (NCCL runs async: a host clock reads ~0)."""
+
     bytes_sent: int = 0
     calls: int = 0
-    seconds: float = 0.0  # wall time inside collectives (on GPU, NCCL's enqueue time only: it runs async)
+    timer: DeviceTimer = field(default_factory=DeviceTimer, repr=False, compare=False)
 
-    def add(self, nbytes: int, started: float) -> None:
+    def add(self, nbytes: int, started: SpanStart | float) -> None:
+        """Count one call that sent `nbytes` and began at `started` (`span_start`, or a `perf_counter` reading)."""
         self.bytes_sent += nbytes
         self.calls += 1
-        self.seconds += time.perf_counter() - started
+        if isinstance(started, SpanStart):
+            self.timer.stop(started)
+        else:
+            self.timer.stop(SpanStart(torch.device("cpu"), started))
+
+    @property
+    def seconds(self) -> float:
+        """Time inside collectives so far. NOTE: on CUDA it waits for the pending events: read it after a run."""
+        return self.timer.seconds()
 
     def snapshot(self) -> tuple[int, int, float]:
         return self.bytes_sent, self.calls, self.seconds
@@ -59,7 +72,6 @@ def _nbytes(tensor: torch.Tensor) -> int:
 
 def gather_along(local: torch.Tensor, dim: int, sizes: list[int], group: Group) -> torch.Tensor:
     """Every rank's `local` (of size `sizes[rank]` along `dim`) concatenated along `dim`, on every rank."""
-    started = time.perf_counter()
     longest = max(sizes)
     padded = local
     if local.shape[dim] < longest:  # uneven split: pad to the longest part, trim after
@@ -68,19 +80,19 @@ def gather_along(local: torch.Tensor, dim: int, sizes: list[int], group: Group) 
         padded = torch.cat([local, local.new_zeros(pad_shape)], dim=dim)
     padded = padded.movedim(dim, 0).contiguous()
     out = padded.new_empty((group.size * longest, *padded.shape[1:]))
+    started = span_start(padded.device)
     _all_gather_single(out, padded, group=group.group)
-    parts = [out[r * longest : r * longest + sizes[r]] for r in range(group.size)]
-    result = torch.cat(parts).movedim(0, dim)
     group.stats.add(_nbytes(padded) * (group.size - 1), started)
-    return result
+    parts = [out[r * longest : r * longest + sizes[r]] for r in range(group.size)]
+    return torch.cat(parts).movedim(0, dim)
 
 
 def all_to_all(send_parts: list[torch.Tensor], recv_numels: list[int], group: Group) -> list[torch.Tensor]:
     """Send `send_parts[j]` to rank j; returns the flat part received from each rank (of `recv_numels[i]`)."""
-    started = time.perf_counter()
     send = torch.cat([part.reshape(-1) for part in send_parts])
     recv = send.new_empty(sum(recv_numels))
     send_numels = [part.numel() for part in send_parts]
+    started = span_start(send.device)
     dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group.group)
     sent = (sum(send_numels) - send_numels[group.rank]) * send.element_size()
     group.stats.add(sent, started)
@@ -90,7 +102,6 @@ def all_to_all(send_parts: list[torch.Tensor], recv_numels: list[int], group: Gr
 def exchange_halo(first: torch.Tensor, last: torch.Tensor, group: Group) -> tuple[torch.Tensor | None, ...]:
     """Send `first` to the previous rank and `last` to the next; returns (the previous rank's last, the next
     rank's first), None at the ends of the group. One batched exchange with the two neighbours only."""
-    started = time.perf_counter()
     ops, before, after = [], None, None
     sent = 0
     if group.rank > 0:
@@ -105,6 +116,7 @@ def exchange_halo(first: torch.Tensor, last: torch.Tensor, group: Group) -> tupl
         ops += [dist.P2POp(dist.isend, last.contiguous(), nxt, group.group),
                 dist.P2POp(dist.irecv, after, nxt, group.group)]
         sent += _nbytes(last)
+    started = span_start(first.device)
     if ops:
         for work in dist.batch_isend_irecv(ops):
             work.wait()
@@ -114,10 +126,10 @@ def exchange_halo(first: torch.Tensor, last: torch.Tensor, group: Group) -> tupl
 
 def gather_small(values: torch.Tensor, group: Group) -> torch.Tensor:
     """Every rank's `values` (same shape everywhere) stacked: [group size, *values.shape]."""
-    started = time.perf_counter()
     shape = values.shape
     values = values.contiguous().view(1, -1)
     out = values.new_empty((group.size, values.shape[1]))
+    started = span_start(values.device)
     _all_gather_single(out, values, group=group.group)
     group.stats.add(_nbytes(values) * (group.size - 1), started)
     return out.view(group.size, *shape)

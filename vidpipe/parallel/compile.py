@@ -23,6 +23,16 @@ def _holds_collectives(module: torch.nn.Module) -> bool:
     return any(isinstance(m, (HaloConv3d, FrameSplitGroupNorm)) for m in module.modules())
 
 
+def to_channels_last(module: torch.nn.Module) -> int:
+    """Store every Conv2d's weight channels-last (NHWC); returns how many. NOTE: only Conv2d: SVD's temporal
+    Conv3d weights are 5-D, and `Module.to(memory_format=torch.channels_last)` on the whole UNet fails on them
+    ("required rank 4 tensor to use channels_last format")."""
+    convs = [m for m in module.modules() if isinstance(m, torch.nn.Conv2d)]
+    for conv in convs:
+        conv.to(memory_format=torch.channels_last)
+    return len(convs)
+
+
 def apply_compile(denoiser: torch.nn.Module, channels_last: bool = False, backend: str = "inductor") -> int:
     """Compile every repeated block of `denoiser` in place; returns how many were compiled (0: nothing to compile,
     e.g. the simulator's stand-in). `backend` is torch.compile's (the tests trace with "aot_eager", which skips
@@ -31,7 +41,7 @@ def apply_compile(denoiser: torch.nn.Module, channels_last: bool = False, backen
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     if channels_last:  # convolutions on CUDA prefer NHWC; on CPU it does not pay here
-        denoiser.to(memory_format=torch.channels_last)
+        to_channels_last(denoiser)
     compiled = 0
     for module in denoiser.modules():
         if type(module).__name__ in REPEATED_BLOCKS and not _holds_collectives(module):

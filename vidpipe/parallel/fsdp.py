@@ -25,7 +25,11 @@ def apply_fsdp(unet: torch.nn.Module, mesh: DeviceMesh, dtype: torch.dtype) -> N
     if mesh.device_type == "cuda":
         # NOTE: on GPU the shards are kept in the run's dtype (fp16/bf16), so the all-gathers move half the
         # bytes; the policy names it explicitly. On CPU everything stays fp32, the verified reference precision.
-        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32, output_dtype=dtype)
+        # NOTE: inputs are not cast: the pipeline gives the UNet an fp32 timestep (its sinusoidal embedding is
+        # computed in fp32 and cast by the UNet itself); casting it to fp16 first rounds it (t = 700 -> 700.0
+        # is exact, but SVD's continuous timesteps are not) and differs from every other plan.
+        options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32,
+                                                    output_dtype=dtype, cast_forward_inputs=False)
     for name in SHARD_UNITS:
         unit = getattr(unet, name, None)
         if unit is None:

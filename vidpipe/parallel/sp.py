@@ -37,11 +37,23 @@ class FrameSplitState:
     sizes: list[int] = field(default_factory=list)  # frames per rank
     offset: int = 0  # this rank's first global frame
 
+    _weights: dict = field(default_factory=dict)  # device -> [K, 1] shares of the frames
+
     def set_frames(self, frames: int) -> list[int]:
         if sum(self.sizes) != frames:
             self.sizes = frame_split(frames, self.group.size)
             self.offset = sum(self.sizes[: self.group.rank])
+            self._weights.clear()
         return self.sizes
+
+    def frame_weights(self, device: torch.device) -> torch.Tensor:
+        """Each rank's share of the frames, [K, 1] on `device`: made once per split, so that no layer copies it
+        to the device on every call (a host-to-device copy and sync per GroupNorm on GPU)."""
+        weights = self._weights.get(device)
+        if weights is None:
+            sizes = torch.tensor(self.sizes, dtype=torch.float32)
+            weights = self._weights[device] = (sizes / sizes.sum()).view(-1, 1).to(device)
+        return weights
 
     @property
     def local_frames(self) -> int:
@@ -102,15 +114,18 @@ class FrameSplitGroupNorm(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, channels = x.shape[:2]
         groups = self.norm.num_groups
-        local = x.reshape(batch * groups, -1).float()
-        # Two passes over this rank's frames: the mean, then the centred sum of squares (biased variance, as
-        # nn.GroupNorm). NOTE: torch.var_mean computes the same in one Welford pass, 15x slower on CPU.
-        mean = local.mean(dim=1)
-        var = (local - mean[:, None]).square_().mean(dim=1)
+        local = x.reshape(batch * groups, -1).float()  # NOTE: no copy in fp32; one in fp16, as GroupNorm's fp32
+        if x.is_cuda:
+            # One Welford pass in fp32 over this rank's frames (biased variance, as nn.GroupNorm).
+            var, mean = torch.var_mean(local, dim=1, correction=0)
+        else:
+            # Two plain passes: the mean, then the centred sum of squares. NOTE: torch.var_mean's Welford pass
+            # is 15x slower on CPU.
+            mean = local.mean(dim=1)
+            var = (local - mean[:, None]).square_().mean(dim=1)
         every = gather_small(torch.stack([mean, var]), self.state.group)  # [K, 2, B*G]
-        per_frame = local.shape[1] // self.state.local_frames
-        counts = torch.tensor(self.state.sizes, dtype=torch.float32, device=x.device) * per_frame
-        weights = (counts / counts.sum()).view(-1, 1)
+        # Each rank's share of the group's elements is its share of the frames (every frame has the same pixels).
+        weights = self.state.frame_weights(x.device)
         means, variances = every[:, 0], every[:, 1]
         mean = (weights * means).sum(0)
         var = (weights * (variances + (means - mean) ** 2)).sum(0)

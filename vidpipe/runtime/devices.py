@@ -12,7 +12,13 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def cuda_device_count() -> int:
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    """CUDA devices this process may use (`CUDA_VISIBLE_DEVICES` applied); 0 without CUDA.
+
+    NOTE: `torch.cuda.device_count()` asks NVML first and the CUDA runtime only where NVML fails, so the launcher
+    neither starts the driver nor creates a context (forked ranks stay able to use CUDA): what
+    `PYTORCH_NVML_BASED_CUDA_CHECK=1` makes `is_available()` do. `is_available()` itself would ask the runtime.
+    """
+    return torch.cuda.device_count()
 
 
 def resolve_device_type(device: str, gpus: int, launched_by_torchrun: bool = False) -> str:

@@ -60,9 +60,10 @@ class DistContext:
         return self.local_world_size if self.local_world_size < self.world_size else self.world_size
 
     def synchronize(self) -> None:
-        """Wait for the device's queued work, so that a clock read after it means something."""
+        """Wait for the work queued on this rank's compute stream, so that a clock read after it means something.
+        NOTE: not `torch.cuda.synchronize`, which also waits for NCCL's streams (a send still in flight)."""
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            torch.cuda.current_stream(self.device).synchronize()
 
     def barrier(self) -> None:
         if self.backend == "nccl":
@@ -71,27 +72,47 @@ class DistContext:
             dist.barrier()
 
 
+def process_group_backend(backend: str, device_type: str) -> str:
+    """The backend string for `init_process_group`: on CUDA one group with two backends, so that tensors on the
+    GPU go over NCCL while CPU tensors (control messages: headers, cancel flags, the sampling state of a sample in
+    flight, pickled objects) go over gloo. NCCL alone refuses CPU tensors. Subgroups (the mesh's) inherit both."""
+    if backend == "nccl":
+        return "cpu:gloo,cuda:nccl"
+    return backend
+
+
+def cuda_device_for(local_rank: int, visible: int) -> torch.device:
+    """The GPU of a rank: its local rank, wrapped onto the visible devices. Under torchrun with one visible GPU per
+    process (a scheduler setting CUDA_VISIBLE_DEVICES per rank) `cuda:LOCAL_RANK` would not exist."""
+    if visible < 1:
+        raise RuntimeError("no CUDA device is visible to this rank (CUDA_VISIBLE_DEVICES="
+                           f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})")
+    return torch.device("cuda", local_rank % visible)
+
+
 def join(setup: RankSetup, started_at: float | None = None) -> DistContext:
     """Pin the device, share out the CPU, create the process group. Pair with `leave` in a `finally`."""
     stage_times = {"launched": setup.launched_at or time.time(), "started": started_at or time.time()}
+    device_id = None
     if setup.device_type == "cuda":
-        device = torch.device("cuda", setup.local_rank)
+        device = cuda_device_for(setup.local_rank, torch.cuda.device_count())
         torch.cuda.set_device(device)
+        device_id = device  # NCCL binds its communicator to this GPU at once, not at the first collective
     else:
         device = torch.device("cpu")
     # NOTE: on CPU every rank would otherwise start one thread per core: W ranks x cores threads thrash.
     torch.set_num_threads(threads_per_rank(setup.local_world_size))
 
     timeout = timedelta(seconds=setup.timeout_s)
+    backend = process_group_backend(setup.backend, setup.device_type)
     if setup.store_port is not None:
         store = dist.TCPStore(
             setup.store_host, setup.store_port, setup.world_size, is_master=False, timeout=timeout
         )
-        dist.init_process_group(
-            setup.backend, store=store, rank=setup.rank, world_size=setup.world_size, timeout=timeout
-        )
+        dist.init_process_group(backend, store=store, rank=setup.rank, world_size=setup.world_size,
+                                timeout=timeout, device_id=device_id)
     else:
-        dist.init_process_group(setup.backend, timeout=timeout)  # env:// from torchrun
+        dist.init_process_group(backend, timeout=timeout, device_id=device_id)  # env:// from torchrun
     stage_times["joined"] = time.time()
     return DistContext(setup.rank, setup.world_size, setup.local_rank, device, setup.backend,
                        setup.local_world_size, stage_times)
@@ -102,7 +123,7 @@ def leave() -> None:
         dist.destroy_process_group()
 
 
-def torchrun_setup(device_type: str, backend: str) -> RankSetup | None:
+def torchrun_setup(device_type: str, backend: str, timeout_s: float = 1800.0) -> RankSetup | None:
     """The rank this process is under torchrun (RANK/WORLD_SIZE/LOCAL_RANK set), or None when not."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
@@ -113,6 +134,7 @@ def torchrun_setup(device_type: str, backend: str) -> RankSetup | None:
         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
         device_type=device_type,
         backend=backend,
+        timeout_s=timeout_s,
         launched_at=process_start_time(),
     )
 

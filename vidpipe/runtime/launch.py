@@ -4,9 +4,12 @@ interrupts."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue as queue_module
 import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +20,14 @@ import torch.distributed as dist
 from vidpipe.errors import Interrupted, RankFailed
 from vidpipe.runtime.dist import RankSetup, process_start_time, torchrun_setup
 from vidpipe.runtime.events import Event, EventSink, Heartbeat, RunFinished, WorkerError
-from vidpipe.runtime.forkserver import CONTEXT, DEFAULT_PRELOAD, start_worker_server
+from vidpipe.runtime.forkserver import (
+    CONTEXT,
+    DEFAULT_PRELOAD,
+    read_server_state,
+    server_watch,
+    start_worker_server,
+    stop_worker_server,
+)
 from vidpipe.runtime.watchdog import Watchdog
 from vidpipe.runtime.worker import from_bytes, run_rank, worker_entry
 
@@ -34,6 +44,7 @@ class LaunchSpec:
     backend: str
     stall_timeout_s: float
     load_timeout_s: float = 600.0
+    dist_timeout_s: float = 1800.0  # the process group's timeout: a collective waiting longer fails
 
 
 def under_torchrun() -> bool:
@@ -42,7 +53,7 @@ def under_torchrun() -> bool:
 
 def launch(job, spec: LaunchSpec, on_event: Callable[[Event], None]):
     """Run `job` on every rank; returns rank 0's result (None on ranks > 0 under torchrun)."""
-    setup = torchrun_setup(spec.device_type, spec.backend) if under_torchrun() else None
+    setup = torchrun_setup(spec.device_type, spec.backend, spec.dist_timeout_s) if under_torchrun() else None
     if setup is not None:
         return _run_as_torchrun_rank(setup, job, on_event)
     return _spawn_and_supervise(job, spec, on_event)
@@ -91,20 +102,72 @@ class RankGroup:
         # The modules this job's ranks need, imported once by the server (a no-op if the command started it).
         start_worker_server(getattr(self.job, "preload", DEFAULT_PRELOAD))
         spec = self.spec
+        context = self._rank_context()
         launched_at = process_start_time()
         settings = tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("VIDPIPE_")))
-        self.events = CONTEXT.Queue()
+        self.events = context.Queue()
         # NOTE: port 0 lets the OS pick a free port and this process keeps the listening socket: no race between
         # choosing a port and binding it, so several vidpipe runs can start at the same moment.
         self.store = dist.TCPStore("127.0.0.1", 0, None, True, wait_for_workers=False)
         for rank in range(spec.world_size):
             setup = RankSetup(rank, spec.world_size, rank, spec.world_size, spec.device_type, spec.backend,
-                              "127.0.0.1", self.store.port, launched_at=launched_at, env=settings)
-            process = CONTEXT.Process(target=worker_entry, args=(setup, self.job, self.events),
+                              "127.0.0.1", self.store.port, timeout_s=spec.dist_timeout_s, launched_at=launched_at,
+                              env=settings)
+            process = context.Process(target=worker_entry, args=(setup, self.job, self.events),
                                       name=f"vidpipe-rank{rank}")
-            process.start()
+            if context is CONTEXT:
+                self._supervise_server(process.start, f"forking rank {rank}")
+            else:
+                process.start()
             self.workers.append(process)
         self.watchdog = Watchdog(spec.world_size, spec.stall_timeout_s, spec.load_timeout_s, time.monotonic())
+
+    def _rank_context(self):
+        """The worker server's context once its preload is done; `spawn` if that preload initialised CUDA."""
+        if server_watch() is None:  # no server started by this process
+            return CONTEXT
+        self._supervise_server(self._wait_until_preloaded, "preloading")
+        state = read_server_state()
+        if self.spec.device_type == "cuda" and state is not None and state.cuda_initialized:
+            print("vidpipe: warning: the worker server initialised CUDA while preloading, so ranks forked from it "
+                  "could not use CUDA; starting them with spawn instead (slower start). `vidpipe doctor` shows why.",
+                  file=sys.stderr, flush=True)
+            return multiprocessing.get_context("spawn")
+        return CONTEXT
+
+    @staticmethod
+    def _wait_until_preloaded() -> None:
+        while read_server_state() is None and server_watch() is not None:  # None: the server was stopped
+            time.sleep(0.02)
+
+    def _supervise_server(self, action, waiting_for: str) -> None:
+        """Run `action` (which waits on the worker server) in a thread while this one watches the server; a server
+        that stops making progress is killed (which also ends the wait) and the run fails, naming it."""
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                action()
+            except BaseException as error:  # noqa: BLE001 - reported by the watching thread
+                failure.append(error)
+
+        watch = server_watch()
+        since = watch.started if waiting_for == "preloading" else time.monotonic()
+        thread = threading.Thread(target=run, name="vidpipe-server-wait", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(timeout=0.1)
+            reason = None
+            if thread.is_alive():
+                reason = watch.check(time.monotonic(), since, waiting_for, self.spec.stall_timeout_s,
+                                     self.spec.load_timeout_s)
+            if reason is not None:
+                stop_worker_server()
+                thread.join(timeout=TERMINATE_GRACE_S)
+                raise RankFailed(reason)
+        if failure:
+            stop_worker_server()
+            raise RankFailed(f"the worker server failed while {waiting_for}: {failure[0]!r}")
 
     def poll(self, timeout: float = 0.1) -> Event | None:
         """The next event (heartbeats are consumed here), or None after `timeout`; raises `RankFailed`."""

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from vidpipe.runtime.events import Event, Heartbeat, PhaseStarted, StageReached
 
-#: Phases during which a slow start is normal: the model is being read or built (`--load-timeout`).
-LOADING_PHASES = frozenset({"joined", "load"})
+#: Phases during which a slow start is normal: the model is being read or built, or torch.compile compiles it
+#: inside its first step (`--load-timeout`).
+LOADING_PHASES = frozenset({"joined", "load", "compile"})
 
 
 class Watchdog:

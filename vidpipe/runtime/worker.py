@@ -29,12 +29,20 @@ def _die_with_parent(rank: int) -> None:
         pass
 
 
-def run_rank(setup: RankSetup, job, events: EventSink, started_at: float | None = None):
-    """Join, run `job` on this rank, leave; returns the job's result (rank 0) or None."""
+def run_rank(setup: RankSetup, job, events: EventSink, started_at: float | None = None, on_error=None):
+    """Join, run `job` on this rank, leave; returns the job's result (rank 0) or None.
+
+    `on_error(error)` is called before the group is torn down: tearing down an NCCL group whose peers are gone
+    or stuck in a collective can itself hang, and the parent must hear of the error first.
+    """
     ctx = join(setup, started_at)
     try:
         events.emit(StageReached(setup.rank, stage="joined"))
         return job.run(ctx, events)
+    except BaseException as error:
+        if on_error is not None:
+            on_error(error)
+        raise
     finally:
         leave()
 
@@ -107,15 +115,21 @@ def worker_entry(setup: RankSetup, job, queue) -> None:
     _quiet_loading_bars()
     events = EventSink(setup.rank, queue=queue)
     events.emit(StageReached(setup.rank, stage="started"))
+    reported: list[BaseException] = []
+
+    def report(error: BaseException) -> None:
+        events.emit(WorkerError(setup.rank, message=f"{type(error).__name__}: {error}",
+                                traceback=traceback.format_exc()))
+        reported.append(error)
+
     try:
         with HeartbeatThread(events):
-            result = run_rank(setup, job, events, started_at)
+            result = run_rank(setup, job, events, started_at, on_error=report)
         if setup.rank == 0:
             events.emit(RunFinished(0, result=to_bytes(result)))
     except BaseException as error:  # noqa: BLE001 - any failure must reach the parent
-        events.emit(
-            WorkerError(setup.rank, message=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        )
+        if not reported:  # failed before or while joining the group
+            report(error)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         queue.close()
         queue.join_thread()  # make sure the error is on the pipe before the process goes

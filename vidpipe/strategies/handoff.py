@@ -39,13 +39,16 @@ class PendingRecv:
 
 
 def post_send(state: SampleState, spec: dict[str, TensorSpec], dst: int) -> PendingSend:
-    tensors = [state[name].contiguous() for name in spec]
+    """NOTE: each tensor is sent from where the receiver expects it (the device, or the host for `on_host`
+    specs): on GPUs a device tensor goes over NCCL and a host tensor over gloo, and both sides must agree."""
+    device = state["latents"].device
+    tensors = [state[name].to(s.device_for(device)).contiguous() for name, s in spec.items()]
     works = [dist.isend(tensor, dst, tag=tag) for tag, tensor in enumerate(tensors)]
     return PendingSend(works, tensors)
 
 
 def post_recv(spec: dict[str, TensorSpec], src: int, device: torch.device) -> PendingRecv:
-    state = {name: torch.empty(s.shape, dtype=s.dtype, device=device) for name, s in spec.items()}
+    state = {name: s.empty(device) for name, s in spec.items()}
     works = [dist.irecv(tensor, src, tag=tag) for tag, tensor in enumerate(state.values())]
     return PendingRecv(works, state)
 
@@ -56,6 +59,6 @@ def send_latent(latents: torch.Tensor, dst: int) -> None:
 
 
 def recv_latent(spec: TensorSpec, src: int, device: torch.device) -> torch.Tensor:
-    tensor = torch.empty(spec.shape, dtype=spec.dtype, device=device)
+    tensor = spec.empty(device)
     dist.recv(tensor, src)
     return tensor
