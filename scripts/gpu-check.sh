@@ -26,4 +26,4 @@ set -uo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 python=${PYTHON:-$repo/.venv/bin/python}
 [ -x "$python" ] || python=python3
-exec "$python" "$repo/scripts/gpu_check.py" run "$@"
+exec "$python" "$repo/scripts/gpu_check" run "$@"

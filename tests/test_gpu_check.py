@@ -4,7 +4,6 @@ JSON and markdown it writes, assembled from fake step results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -16,10 +15,8 @@ import pytest
 from tests.conftest import REPO, vidpipe_env
 
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
-spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-gpu_check = importlib.util.module_from_spec(spec)
-sys.modules["gpu_check"] = gpu_check
-spec.loader.exec_module(gpu_check)
+sys.path.insert(0, str(REPO / "scripts"))
+import gpu_check  # noqa: E402 - the package scripts/gpu_check/, found through the path above
 
 QUICK_ON_ONE_GPU = {"versions", "topology", "doctor", "generate-dp", "dtype-fp32", "dtype-fp16", "dtype-compare",
                     "serve-dp1", "fault-raise-1rank", "torchrun-1", "nccl-debug", "bench-repeats", "svd-xt-bench"}
@@ -233,7 +230,7 @@ def step(tmp_path: Path, name: str, code: str, **fields) -> gpu_check.Step:
 
 
 def test_a_step_that_fails_hangs_or_leaves_a_process_is_recorded(tmp_path, monkeypatch):
-    monkeypatch.setattr(gpu_check, "GRACE_S", 1.0)
+    monkeypatch.setattr(gpu_check.steps, "GRACE_S", 1.0)
     failed = gpu_check.run_step(step(tmp_path, "fails", "print('vidpipe: error: rank 1 failed: boom'); exit(3)"),
                                 30, "t")
     assert (failed["status"], failed["exit_code"]) == ("failed", 3)
@@ -285,7 +282,7 @@ def test_without_a_gpu_it_exits_2(tmp_path):
 
 
 def test_the_budget_stops_what_is_left_and_the_results_are_written(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(gpu_check, "MIN_START_S", 5.0)
+    monkeypatch.setattr(gpu_check.run, "MIN_START_S", 5.0)
     ctx = gpu_check.Context(gpus=1, quick=True, out=tmp_path / "out", python=[sys.executable], vidpipe=["vidpipe"],
                             torchrun=["torchrun"])
     steps = [step(tmp_path, "first", "import time; time.sleep(2)"), step(tmp_path, "second", "pass")]
@@ -300,9 +297,10 @@ def test_sigterm_stops_the_running_step_and_keeps_the_results(tmp_path):
     """A command limit that runs out sends SIGTERM: the step's processes (in a session of their own) must go too."""
     driver = f"""
 import sys
+from pathlib import Path
 sys.path.insert(0, {str(REPO / "scripts")!r})
 import gpu_check
-ctx = gpu_check.Context(gpus=1, quick=True, out=gpu_check.Path({str(tmp_path / "out")!r}), python=[sys.executable],
+ctx = gpu_check.Context(gpus=1, quick=True, out=Path({str(tmp_path / "out")!r}), python=[sys.executable],
                         vidpipe=["vidpipe"], torchrun=["torchrun"])
 step = gpu_check.Step("sleeps", "test", 0, 60, [sys.executable, "-c", "import time; time.sleep(61)"])
 step.log = {str(tmp_path / "sleeps.log")!r}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vidpipe.models.registry import CONFIGS_DIR
+from vidpipe.models.svd.tiny import CONFIGS_DIR
 from vidpipe.runtime.dist import cuda_device_for, process_group_backend
 from vidpipe.runtime.preload_probe import probe_preload
 
@@ -24,7 +24,7 @@ def test_the_preload_probe_sees_a_runtime_device_count_call(monkeypatch):
     """The control: with the NVML-based check switched off (a user's own setting wins over the server's), the same
     preload calls the CUDA runtime, and the probe counts it. Without this the test above could pass vacuously."""
     monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")
-    probe = probe_preload(["vidpipe.models.svd"], emulate_cuda=True)
+    probe = probe_preload(["vidpipe.models.svd.adapter"], emulate_cuda=True)
     assert probe.device_count_calls >= 1
 
 
@@ -57,7 +57,7 @@ def test_random_weights_are_built_on_the_cpu_whatever_the_target_device(monkeypa
     """dp builds for its GPU and fsdp stages the UNet on the CPU: both must hold the same weights. Built on the
     CPU from one seed, then moved, they are. Here the move is suppressed, so every parameter must still be on the
     CPU although a GPU-like (meta) device was asked for, with the same values as a CPU build."""
-    import vidpipe.models.svd as svd
+    import vidpipe.models.svd.adapter as svd
 
     monkeypatch.setattr(svd, "_place", lambda module, device, dtype: module)
     config = CONFIGS_DIR / "tiny"

@@ -13,7 +13,9 @@ from huggingface_hub.utils import filter_repo_objects
 
 from vidpipe.errors import UsageError
 from vidpipe.models import registry
-from vidpipe.models.registry import CONFIGS_DIR, ModelSource, resolve_model
+from vidpipe.models.registry import resolve_model
+from vidpipe.models.source import ModelSource
+from vidpipe.models.svd.tiny import CONFIGS_DIR
 
 SVD_INDEX = json.dumps({"_class_name": "StableVideoDiffusionPipeline"})
 
@@ -62,7 +64,7 @@ def test_tiny_is_built_once_and_reused(tmp_path, monkeypatch):
     assert (source.path / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert [p.name for p in tmp_path.iterdir()] == [source.path.name]  # no temporary directory left
 
-    import vidpipe.models.svd as svd
+    import vidpipe.models.svd.adapter as svd
 
     monkeypatch.setattr(svd, "random_components", lambda *a, **k: pytest.fail("tiny was rebuilt"))
     assert resolve_model("tiny", cache_dir=tmp_path) == source
@@ -92,7 +94,8 @@ def test_directory_that_is_not_svd(tmp_path):
     with pytest.raises(UsageError, match="is not a Stable Video Diffusion model directory: no model_index"):
         resolve_model(str(tmp_path))
     (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    with pytest.raises(UsageError, match="names StableDiffusionPipeline"):
+    with pytest.raises(UsageError, match="holds a StableDiffusionPipeline; vidpipe runs StableVideoDiffusionPipeline, "
+                                         "WanImageToVideoPipeline"):
         resolve_model(str(tmp_path))
 
 

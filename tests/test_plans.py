@@ -10,9 +10,9 @@ import torch
 
 from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import plan_decode
-from vidpipe.models.architecture import temporal_layers
-from vidpipe.models.dummy import svd_unet_config
-from vidpipe.models.registry import CONFIGS_DIR
+from vidpipe.models.svd.architecture import temporal_layers
+from vidpipe.models.svd.simulator import svd_unet_config
+from vidpipe.models.svd.tiny import CONFIGS_DIR
 from vidpipe.parallel.auto import ModelSize, choose_plan
 from vidpipe.parallel.plan import ParallelPlan, chunk_ranges, frame_split, parse_plan
 from vidpipe.runtime.launch import LaunchSpec, launch
@@ -173,7 +173,7 @@ class UNetSplitJob:
         from diffusers import UNetSpatioTemporalConditionModel
 
         from vidpipe.jobs.diffusion import build_layout
-        from vidpipe.parallel.cost import svd_bytes_per_step
+        from vidpipe.models.svd.cost import svd_bytes_per_step
 
         torch.set_num_threads(1)
         config = UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet")
@@ -206,7 +206,7 @@ class UNetSplitJob:
 @pytest.mark.parametrize(("plan_text", "ranks", "frames"), [("sp2", 2, 8), ("sp3", 3, 7), ("cfg2.sp2", 4, 5)])
 def test_split_unet_equals_the_whole_unet(plan_text, ranks, frames):
     """Frame parallelism (uneven splits included) and the guidance split change nothing but float rounding,
-    and send exactly the bytes `parallel/cost.py` works out."""
+    and send exactly the bytes `models/svd/cost.py` works out."""
     result = launch(UNetSplitJob(plan_text, frames), LaunchSpec(ranks, "cpu", "gloo", 120.0), lambda e: None)
     assert result["diff"] <= 1e-5 * max(1.0, result["scale"]), result
     assert result["sent"] == result["analytic"]
@@ -217,9 +217,9 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     the same output as eager (traced with aot_eager: dynamo and AOT autograd, without inductor's C++ build)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
+    from vidpipe.models.svd.parallelize import apply_sp
     from vidpipe.parallel.comm import CommStats, Group
     from vidpipe.parallel.compile import apply_compile
-    from vidpipe.parallel.sp import apply_sp
 
     config = UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet")
     with torch.random.fork_rng():

@@ -12,8 +12,9 @@ from diffusers import StableVideoDiffusionPipeline, UNetSpatioTemporalConditionM
 
 from vidpipe.errors import UsageError
 from vidpipe.models.base import Sample
-from vidpipe.models.registry import ModelSource, resolve_model
-from vidpipe.models.svd import SVDModel, SVDParams, check_size, default_size
+from vidpipe.models.registry import resolve_model
+from vidpipe.models.source import ModelSource
+from vidpipe.models.svd.adapter import SVDModel, SVDParams, check_size, default_size
 
 STEPS = 4
 SEED = 1234

@@ -146,6 +146,15 @@ class GenerateConfig:
     warmup_samples: int = 0
     resume: bool = False
     jobs_path: str | None = None  # a JSONL job file instead of images
+    # Wan (a text prompt beside the image; one guidance scale, and one for the low-noise expert of Wan 2.2 A14B).
+    prompt: str | None = None
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None  # None: the model's own (5.0)
+    guidance_scale_2: float | None = None  # None: guidance_scale
+    text_encoder_device: str = "gpu"
+    #: The options the user gave (field names): the model's family refuses those it does not take, and its own
+    #: defaults replace the rest (`models/<family>/family.py complete`).
+    given: frozenset[str] = frozenset()
 
     def __post_init__(self):
         if self.jobs_path and self.images:
@@ -172,6 +181,10 @@ class GenerateConfig:
                 "from min to max over the frames"
             )
         _choice("--vae-device", self.vae_device, ("gpu", "cpu"))
+        _choice("--text-encoder-device", self.text_encoder_device, ("gpu", "cpu"))
+        for flag, value in (("--guidance-scale", self.guidance_scale), ("--guidance-scale-2", self.guidance_scale_2)):
+            if value is not None and value < 0:
+                raise UsageError(f"{flag} {value}: must be 0 or more (1 or less turns guidance off)")
         _at_least("--warmup-samples", self.warmup_samples, 0)
         if self.resume and self.overwrite:
             raise UsageError("--resume keeps finished outputs, --overwrite replaces them: choose one")

@@ -30,9 +30,11 @@ def generate(
     images: Annotated[list[Path] | None, typer.Argument(
         help="Input image file(s): PNG, JPEG, WebP, ... (or --jobs FILE.jsonl)")] = None,
     model: Annotated[str, typer.Option(
-        help="Hub id, local diffusers directory, svd-xt, tiny (built-in tiny random model, CPU demos), small "
-             "(62M-parameter random SVD, CPU measurements) or svd-xt-random (full-size architecture, random "
-             "weights, no download).")
+        help="Hub id, local diffusers directory (Stable Video Diffusion or Wan image-to-video, told apart by its "
+             "model_index.json), or a built-in name: svd-xt, tiny (tiny random SVD, CPU demos), small (62M-parameter "
+             "random SVD, CPU measurements), svd-xt-random (full-size architecture, random weights, no download); "
+             "wan2.1-i2v-480p, wan2.1-i2v-720p, wan2.2-i2v-a14b (hub), wan-tiny, wan2.2-tiny (tiny random Wan 2.1 / "
+             "2.2), wan-small (random, CPU measurements).")
     ] = "stabilityai/stable-video-diffusion-img2vid-xt",
     gpus: Annotated[int | None, typer.Option(
         "--gpus", "-g", help="Ranks, one per GPU (default: every visible GPU; on CPU one process). Under "
@@ -41,18 +43,32 @@ def generate(
         help="auto (chooses from the job and the GPUs' memory, and says why) or a p" + PLAN_HELP[1:])] = "auto",
     samples: Annotated[int, typer.Option(help="Videos per image; sample i of the run uses seed + i.")] = 1,
     seed: Seed = 0,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 25,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's, SVD 25, Wan 50).")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per video (default: the model's, 25 for SVD-XT).")] = None,
     height: Annotated[int | None, typer.Option(help="Video height in pixels (default 576; tiny: 64).")] = None,
     width: Annotated[int | None, typer.Option(help="Video width in pixels (default 1024; tiny: 64).")] = None,
-    fps: Annotated[int, typer.Option(help="Frame rate: conditions the model and sets the video's rate.")] = 7,
-    motion_bucket_id: Annotated[int, typer.Option("--motion-bucket-id", help="More motion when higher.")] = 127,
-    noise_aug_strength: Annotated[float, typer.Option("--noise-aug-strength",
-                                                      help="Noise added to the input image.")] = 0.02,
-    min_guidance: Annotated[float, typer.Option("--min-guidance", help="Guidance on the first frame.")] = 1.0,
-    max_guidance: Annotated[float, typer.Option("--max-guidance", help="Guidance on the last frame.")] = 3.0,
-    decode_chunk_size: Annotated[int, typer.Option("--decode-chunk-size",
-                                                   help="Frames the VAE decodes at once (less = less memory).")] = 4,
+    fps: Annotated[int | None, typer.Option(
+        help="SVD: frame rate; conditions the model and sets the video's rate (default 7).")] = None,
+    motion_bucket_id: Annotated[int | None, typer.Option(
+        "--motion-bucket-id", help="SVD: more motion when higher (default 127).")] = None,
+    noise_aug_strength: Annotated[float | None, typer.Option(
+        "--noise-aug-strength", help="SVD: noise added to the input image (default 0.02).")] = None,
+    min_guidance: Annotated[float | None, typer.Option(
+        "--min-guidance", help="SVD: guidance on the first frame (default 1.0).")] = None,
+    max_guidance: Annotated[float | None, typer.Option(
+        "--max-guidance", help="SVD: guidance on the last frame (default 3.0).")] = None,
+    decode_chunk_size: Annotated[int | None, typer.Option(
+        "--decode-chunk-size", help="SVD: frames the VAE decodes at once (less = less memory; default 4).")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Wan: what the video shows (a text prompt).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(
+        "--negative-prompt", help="Wan: what it should not show.")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(
+        "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")] = None,
+    guidance_scale_2: Annotated[float | None, typer.Option(
+        "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")] = None,
+    text_encoder_device: Annotated[str | None, typer.Option(
+        "--text-encoder-device", help="Wan: gpu | cpu, where UMT5 encodes the prompts (11 GB for the 14B "
+                                      "models; default gpu).")] = None,
     vae_device: Annotated[str, typer.Option("--vae-device", help="gpu | cpu: where phase 2 decodes.")] = "gpu",
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -92,10 +108,19 @@ def generate(
 
     run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, verbose, load_timeout, compile_unet,
                      dist_timeout_s=dist_timeout)
+    # Options a family may not take, or defaults differently, are None unless given: the model's family decides.
+    family_options = {
+        "steps": steps, "fps": fps, "motion_bucket_id": motion_bucket_id, "noise_aug_strength": noise_aug_strength,
+        "min_guidance": min_guidance, "max_guidance": max_guidance, "decode_chunk_size": decode_chunk_size,
+        "prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale,
+        "guidance_scale_2": guidance_scale_2, "text_encoder_device": text_encoder_device,
+    }
+    given = {name: value for name, value in family_options.items() if value is not None}
     config = GenerateConfig(
-        run, tuple(str(p) for p in images or ()), model, samples, seed, steps, frames, height, width, fps,
-        motion_bucket_id, noise_aug_strength, min_guidance, max_guidance, decode_chunk_size, vae_device,
-        str(out), parse_formats(formats), save_latents, offline, str(cache_dir) if cache_dir else None,
-        json_path, overwrite, warmup_samples, resume, str(jobs) if jobs else None,
+        run, tuple(str(p) for p in images or ()), model, samples=samples, seed=seed, frames=frames, height=height,
+        width=width, vae_device=vae_device, out=str(out), formats=parse_formats(formats), save_latents=save_latents,
+        offline=offline, cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path, overwrite=overwrite,
+        warmup_samples=warmup_samples, resume=resume, jobs_path=str(jobs) if jobs else None, **given,
+        given=frozenset(given),
     )
     run_generate(config)

@@ -11,7 +11,7 @@ from vidpipe.config import BASELINE, COMPILED, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
-from vidpipe.parallel.cost import svd_bytes_per_step
+from vidpipe.models.svd.cost import svd_bytes_per_step
 from vidpipe.plots import bench_plots
 from vidpipe.report import run_report, stderr_console, write_json
 from vidpipe.runtime.devices import DTYPES, cuda_device_count, resolve_device_type
@@ -51,7 +51,7 @@ class SvdBench:
 
     def __init__(self, config: BenchConfig):
         from vidpipe.models.registry import resolve_model
-        from vidpipe.models.svd import SVDParams, resolve_size
+        from vidpipe.models.svd.adapter import SVDParams, resolve_size
 
         self.config = config
         self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
@@ -93,8 +93,8 @@ class SvdBench:
         return report
 
     def analytic_bytes(self, placement) -> list[int]:
-        """`parallel/cost.py`'s figure for every rank (groups repeat), beside the measured one."""
-        from vidpipe.models.svd import _config, size_multiple
+        """`models/svd/cost.py`'s figure for every rank (groups repeat), beside the measured one."""
+        from vidpipe.models.svd.adapter import _config, size_multiple
 
         factor = size_multiple(self.source)[1]
         per_group = svd_bytes_per_step(

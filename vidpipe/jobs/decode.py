@@ -145,11 +145,12 @@ def decode_and_write(
         frame_shape = (params.height, params.width, 3)
         started = time.perf_counter()
         latents = mine[(sample.index, part.frames.start)]
-        # The writer holds every frame, and decodes its own.
-        decoded = model.decode(latents[:, : len(part.frames)], params.decode_chunk_size)
+        # The writer holds every frame, and decodes its own (a video decoded whole: all of its latents).
+        whole = len(task.parts) == 1
+        decoded = model.decode(latents if whole else latents[:, : len(part.frames)], params.decode_chunk_size)
         ctx.synchronize()
         decode_s = time.perf_counter() - started
-        total = task.parts[-1].frames.stop
+        total = len(decoded) if whole else task.parts[-1].frames.stop
         events.emit(FramesDecoded(ctx.rank, sample=sample.index, frames=len(decoded), total_frames=total))
         frames = gather_frames(ctx, task, decoded, frame_shape) if len(task.parts) > 1 else decoded
         if ctx.rank != task.writer:

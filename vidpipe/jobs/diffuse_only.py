@@ -11,14 +11,14 @@ from vidpipe.jobs.diffusion import (
     build_layout,
     first_call_overhead,
     gather_to_first,
-    load_svd_for,
+    load_model_for,
     run_diffusion,
     start_compiling,
     warmup_samples,
 )
 from vidpipe.metrics import StepRecorder, param_bytes
 from vidpipe.models.base import Sample
-from vidpipe.models.registry import ModelSource
+from vidpipe.models.source import ModelSource
 from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.runtime.devices import DTYPES
 from vidpipe.runtime.dist import DistContext
@@ -40,7 +40,7 @@ class DiffuseJob:
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         layout = build_layout(ctx, self.plan)
-        model = load_svd_for(layout, self.source, self.dtype, self.params)
+        model = load_model_for(layout, self.source, self.dtype, self.params)
         finals, record = run_diffusion(layout, model, list(self.samples), self.warmup, events, self.compile_unet)
         gathered = gather_to_first(ctx, (record, finals))
         if not ctx.is_first:
@@ -61,7 +61,7 @@ class DiffusersBaselineJob:
     compile_unet: bool = False  # the same regional compile as vidpipe's, on the stock pipeline's UNet
 
     def run(self, ctx: DistContext, events: EventSink):
-        from vidpipe.models.svd import SVDModel
+        from vidpipe.models.svd.adapter import SVDModel
 
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         # The adapter's loader builds exactly the stock pipeline object; only its __call__ is used below.

@@ -17,18 +17,18 @@ from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.strategies.registry import scheduler_for
 
-__all__ = ["build_layout", "load_svd_for", "run_diffusion", "gather_to_first", "start_compiling", "warmup_samples"]
+__all__ = ["build_layout", "load_model_for", "run_diffusion", "gather_to_first", "start_compiling", "warmup_samples"]
 
 
-def load_svd_for(layout: Layout, source, dtype: str, params):
-    """The SVD model as the plan needs it on this rank: the image encoder only where samples are encoded, the
-    UNet left on the CPU where fsdp moves it to the device shard by shard (no rank ever holds it whole)."""
-    from vidpipe.models.svd import SVDModel
-    from vidpipe.runtime.devices import DTYPES
+def load_model_for(layout: Layout, source, dtype: str, params):
+    """The model as the plan needs it on this rank, by its family (`models/<family>/family.py load_for`): encoders
+    only where samples are encoded, a pp stage's block of steps (the experts it uses), fsdp's staging on the CPU."""
+    from vidpipe.models.registry import family_module
 
-    return SVDModel.load(source, layout.ctx.device, DTYPES[dtype], params,
-                         encoders=scheduler_for(layout.plan).needs_encoder(layout),
-                         stage_unet_on_cpu=layout.plan.fsdp)
+    scheduler = scheduler_for(layout.plan)
+    blocks = [scheduler.steps_of_group(params.steps, layout.plan.groups, layout.group_index)]
+    return family_module(source.family).load_for(layout, source, dtype, params, scheduler.needs_encoder(layout),
+                                                 blocks)
 
 
 def warmup_samples(samples: list[Sample], count: int) -> list[Sample]:

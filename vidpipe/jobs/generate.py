@@ -11,11 +11,12 @@ from vidpipe import media
 from vidpipe.config import GenerateConfig
 from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import decode_and_write, plan_decode, redistribute
-from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for, run_diffusion
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_model_for, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import mark_memory, reset_memory_peak, timeline
 from vidpipe.models.base import Sample
-from vidpipe.models.registry import ModelSource, resolve_model
+from vidpipe.models.registry import family_module, resolve_model
+from vidpipe.models.source import ModelSource
 from vidpipe.parallel.plan import AUTO, ParallelPlan
 from vidpipe.report import (
     assignment_table,
@@ -34,15 +35,9 @@ from vidpipe.strategies.registry import scheduler_for
 DEFAULT_GPUS = 1
 
 
-def svd_params(config: GenerateConfig):
-    from vidpipe.models.svd import SVDParams
-
-    return SVDParams(
-        steps=config.steps, frames=config.frames, height=config.height, width=config.width, fps=config.fps,
-        motion_bucket_id=config.motion_bucket_id, noise_aug_strength=config.noise_aug_strength,
-        min_guidance=config.min_guidance, max_guidance=config.max_guidance,
-        decode_chunk_size=config.decode_chunk_size, vae_device=config.vae_device,
-    )
+def sampling_params(config: GenerateConfig, source: ModelSource, size: tuple[int, int, int]):
+    """The run's sampling parameters, as the model's family takes them."""
+    return family_module(source.family).params(config, size)
 
 
 @dataclass(frozen=True)
@@ -56,11 +51,12 @@ class GenerateJob:
     input_targets: dict  # sample index -> path of "{stem}_input.png" (first sample of each image)
     manifest: str | None = None  # under torchrun the writing rank appends the manifest line itself
     jobs: dict | None = None  # sample index -> job id (a job file)
+    size: tuple[int, int, int] = (0, 0, 0)  # (frames, height, width) of the run
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         layout = build_layout(ctx, self.plan)
-        model = load_svd_for(layout, self.source, self.dtype, svd_params(self.config))
+        model = load_model_for(layout, self.source, self.dtype, sampling_params(self.config, self.source, self.size))
         samples = list(self.samples)
         finals, record = run_diffusion(layout, model, samples, self.config.warmup_samples, events,
                                        self.config.run.compile, every_step=self.config.run.verbose)
@@ -70,8 +66,7 @@ class GenerateJob:
         model.release_denoiser()
         reset_memory_peak(ctx.device)  # the decode peak must not count the UNet just freed
         specs = [model.sample_spec(sample)["latents"] for sample in samples]
-        sizes = [(spec.shape[1], model.params_of(sample).decode_chunk_size) for spec, sample in zip(specs, samples,
-                                                                                                     strict=True)]
+        sizes = [model.decode_units(sample) for sample in samples]
         # NOTE: over several machines only rank 0's machine decodes, so every file lands beside the report.
         tasks = plan_decode(sizes, ctx.first_machine_ranks)
         owner_group = scheduler_for(self.plan).owner_group
@@ -136,11 +131,9 @@ class RunPlan:
 
 def plan_images(config: GenerateConfig, source) -> RunPlan:
     """Images on the command line: every sample with the run's options."""
-    from vidpipe.models.svd import resolve_size
-
     images = [media.load_image(Path(path)) for path in config.images]
-    size = resolve_size(source, config.frames, config.height, config.width)
-    if config.decode_chunk_size > size[0]:
+    size = family_module(source.family).resolve_size(source, config.frames, config.height, config.width)
+    if source.family == "svd" and config.decode_chunk_size > size[0]:
         raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {size[0]} frames")
     all_samples = plan_samples(config, images)
     samples, targets, inputs = plan_outputs(config, all_samples)
@@ -196,6 +189,7 @@ def generate(config: GenerateConfig) -> dict | None:
     # 1. Everything that can be wrong with the input is checked before any process starts.
     media.check_output_dir(Path(config.out))
     source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
+    config = family_module(source.family).complete(config)  # its defaults; options it does not take refused
     run = plan_job_file(config, source) if config.jobs_path else plan_images(config, source)
     if "mp4" in {kind for t in run.targets.values() for kind in t}:
         media.check_ffmpeg_h264()
@@ -217,7 +211,7 @@ def generate(config: GenerateConfig) -> dict | None:
             media.append_manifest(manifest, event.sample, event.files, jobs.get(event.sample))
 
     job = GenerateJob(config, source, placement.dtype, placement.plan, tuple(run.samples), run.targets, run.inputs,
-                      str(manifest) if placement.torchrun else None, jobs)
+                      str(manifest) if placement.torchrun else None, jobs, run.size)
     try:
         result = run_with_display(job, placement, len(run.samples), config.run.verbose, decode=True,
                                   listener=log_files)
@@ -232,9 +226,10 @@ def generate(config: GenerateConfig) -> dict | None:
 def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int, size: tuple[int, int, int]):
     """Where the run goes: --gpus (default: every visible GPU, or one CPU rank), and the plan, which `auto`
     chooses from the job and the machine and explains in one line."""
-    from vidpipe.models.svd import parameter_counts
-    from vidpipe.parallel.auto import ModelSize, choose_plan
+    from vidpipe.parallel.auto import choose_plan
 
+    family = family_module(source.family)
+    guidance = family.uses_guidance(config)
     run = config.run
     if run.gpus is None and not under_torchrun():
         device_type = resolve_device_type(run.device, 1)
@@ -242,15 +237,13 @@ def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int
     if run.strategy == AUTO:
         world_size = int(os.environ["WORLD_SIZE"]) if under_torchrun() else run.gpus
         device_type = resolve_device_type(run.device, world_size, under_torchrun())
-        counts = parameter_counts(source)
         dtype_bytes = 2 if resolve_dtype(run.dtype, device_type) in ("fp16", "bf16") else 4
-        model_size = ModelSize(counts["unet"], counts["vae"] + counts["image_encoder"], counts["first_channels"],
-                               dtype_bytes, vae_params=counts["vae"])
-        choice = choose_plan(world_size, num_samples, config.steps, *size, config.max_guidance > 1, device_type,
-                             model_size)
+        model_size = family.model_size(source, dtype_bytes)
+        choice = choose_plan(world_size, num_samples, config.steps, *size, guidance, device_type, model_size)
         stderr_console.print(f"auto -> {choice.plan.name}: {choice.reason}", markup=False, highlight=False)
         run = replace(run, strategy=choice.plan.name)
-    return place(run, config.steps, default_gpus=DEFAULT_GPUS, frames=size[0], guidance=config.max_guidance > 1)
+    frames = size[0] if source.family == "svd" else None  # sp splits Wan's tokens, not its frames
+    return place(run, config.steps, default_gpus=DEFAULT_GPUS, frames=frames, guidance=guidance)
 
 
 def _report(config, placement, source, run: RunPlan, result) -> dict:

@@ -18,11 +18,11 @@ import torch
 
 from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
-from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_svd_for
+from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_model_for
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import GIB, RankRecord, mark_memory, memory_needed_gb, param_bytes, peak_gb
 from vidpipe.models.base import Sample
-from vidpipe.models.registry import ModelSource
+from vidpipe.models.source import ModelSource
 from vidpipe.parallel.parallelize import parallelize
 from vidpipe.parallel.plan import ParallelPlan
 from vidpipe.report import print_wide, stderr_console, write_json
@@ -50,7 +50,7 @@ class ProbeJob:
 
     def run(self, ctx: DistContext, events: EventSink):
         from vidpipe import media
-        from vidpipe.models.svd import SVDParams
+        from vidpipe.models.svd.adapter import SVDParams
 
         # NOTE: a fresh process: CUDA's peak counter starts at zero, so the "load" mark is the load's own peak.
         record = RankRecord(rank=ctx.rank)
@@ -59,7 +59,7 @@ class ProbeJob:
                            decode_chunk_size=self.decode_chunk_size)
         layout = build_layout(ctx, self.plan)
         encodes = scheduler_for(self.plan).needs_encoder(layout)
-        model = load_svd_for(layout, self.source, self.dtype, params)
+        model = load_model_for(layout, self.source, self.dtype, params)
         parallelize(model, layout)
         record.unet_param_bytes = param_bytes(model.unet)
         resident = sum(param_bytes(m) for m in (model.unet, model.pipeline.vae, model.pipeline.image_encoder))
@@ -104,7 +104,7 @@ class Probe:
 class Prober:
     def __init__(self, config: MemoryProbeConfig):
         from vidpipe.models.registry import resolve_model
-        from vidpipe.models.svd import default_size, size_multiple
+        from vidpipe.models.svd.adapter import default_size, size_multiple
 
         self.config = config
         self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
@@ -119,7 +119,7 @@ class Prober:
             self.budget_gb, self.budget_source = None, None
 
     def probes(self) -> list[Probe]:
-        from vidpipe.models.svd import check_size
+        from vidpipe.models.svd.adapter import check_size
 
         result = []
         for size in self.config.sizes:

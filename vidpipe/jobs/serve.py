@@ -25,10 +25,10 @@ import torch.distributed as dist
 
 from vidpipe import media
 from vidpipe.jobs.decode import DecodePart, DecodeTask, gather_frames, write_sample
-from vidpipe.jobs.diffusion import build_layout, load_svd_for
+from vidpipe.jobs.diffusion import build_layout, load_model_for
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import Sample
-from vidpipe.models.registry import ModelSource
+from vidpipe.models.source import ModelSource
 from vidpipe.parallel.compile import apply_compile
 from vidpipe.parallel.layout import Layout
 from vidpipe.parallel.parallelize import parallelize
@@ -79,7 +79,7 @@ class ServeJob:
 
     def run(self, ctx: DistContext, events: EventSink):
         layout = build_layout(ctx, self.plan)
-        model = load_svd_for(layout, self.source, self.dtype, self.params)
+        model = load_model_for(layout, self.source, self.dtype, self.params)
         parallelize(model, layout)
         if self.compile_unet:
             apply_compile(model.unet, channels_last=ctx.device.type == "cuda")

@@ -12,17 +12,17 @@ from vidpipe.errors import VidpipeError
 from vidpipe.jobs.diffusion import build_layout, gather_to_first, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import timeline
-from vidpipe.models.architecture import temporal_layers
 from vidpipe.models.base import Sample
-from vidpipe.models.dummy import DummyModel, DummyParams, svd_unet_config
-from vidpipe.models.dummy_temporal import STAND_IN_NORM_GROUPS, stand_in_layout
-from vidpipe.parallel.cost import (
+from vidpipe.models.svd.architecture import temporal_layers
+from vidpipe.models.svd.cost import (
     GPU_COLLECTIVE_LATENCY_S,
     GPU_LINK_BYTES_PER_S,
     predicted_gpu_step_s,
     split_bytes_per_step,
     svd_bytes_per_step,
 )
+from vidpipe.models.svd.simulator import DummyModel, DummyParams, svd_unet_config
+from vidpipe.models.svd.simulator_temporal import STAND_IN_NORM_GROUPS, stand_in_layout
 from vidpipe.parallel.plan import ParallelPlan, frame_split
 from vidpipe.report import (
     assignment_table,
@@ -96,7 +96,7 @@ def verify(config: SimulateConfig, plan: ParallelPlan, dtype: str, device_type: 
 
 
 def analytic_bytes(config: SimulateConfig, plan: ParallelPlan, dtype: str) -> list[int]:
-    """What cfg/sp should send per step from each rank, from `parallel/cost.py` and the stand-ins' layout."""
+    """What cfg/sp should send per step from each rank, from `models/svd/cost.py` and the stand-ins' layout."""
     batch, channels, frames, height, width = config.latent_shape
     layers = stand_in_layout(temporal_layers(svd_unet_config())) if plan.sp > 1 else []
     per_group = split_bytes_per_step(plan, layers, STAND_IN_NORM_GROUPS, channels, 2 * batch, frames, height, width,
@@ -127,7 +127,7 @@ def run_simulation(config: SimulateConfig) -> dict | None:
 
 
 def gpu_model(config: SimulateConfig, plan: ParallelPlan, report: dict) -> dict:
-    """What this plan would give on GPUs, from the model in `parallel/cost.py`: the emulated kernel shrinks with
+    """What this plan would give on GPUs, from the model in `models/svd/cost.py`: the emulated kernel shrinks with
     the rank's share of the work, and every collective the run really made (counted) costs NCCL-like latency plus
     SVD-XT's real bytes at this latent shape (fp16) over a GPU link. This machine's gloo, with more processes than
     cores, takes milliseconds per collective: the measured figures show that, the model shows GPUs."""

@@ -79,6 +79,11 @@ class DiffusionModel(Protocol):
         """Free the denoiser (and image encoder) before phase 2."""
         ...
 
+    def decode_units(self, sample: Sample) -> tuple[int, int]:
+        """(units, units per chunk) of `sample` that phase 2 may decode on different ranks: SVD's frames in decode
+        chunks; (1, 1) for a model whose video decodes whole (Wan's causal VAE)."""
+        ...
+
     def decode(self, latents: torch.Tensor) -> Any:
         """Final latents [1, F, C, h, w] -> frames as uint8 numpy [F, H, W, 3]."""
         ...

@@ -6,14 +6,9 @@ process, and a bad name fails before any process is spawned.
 
 from __future__ import annotations
 
-import hashlib
+import importlib
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import snapshot_download
@@ -26,40 +21,48 @@ from huggingface_hub.errors import (
 )
 
 from vidpipe.errors import UsageError
+from vidpipe.models.source import ModelSource
+from vidpipe.models.svd.tiny import CONFIGS_DIR, build_tiny
 
-#: Architecture configs shipped with the package, laid out like a diffusers model directory without weights.
-CONFIGS_DIR = Path(__file__).parent / "configs"
+#: model_index.json's `_class_name` -> the family package that runs it (`vidpipe/models/<family>/`). Adding a
+#: family adds one line here.
+FAMILIES = {"StableVideoDiffusionPipeline": "svd", "WanImageToVideoPipeline": "wan"}
 
 #: Short names for hub repos.
-HUB_ALIASES = {"svd-xt": "stabilityai/stable-video-diffusion-img2vid-xt"}
+HUB_ALIASES = {
+    "svd-xt": "stabilityai/stable-video-diffusion-img2vid-xt",
+    "wan2.1-i2v-480p": "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers",
+    "wan2.1-i2v-720p": "Wan-AI/Wan2.1-I2V-14B-720P-Diffusers",
+    "wan2.2-i2v-a14b": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    "wan2.2-ti2v-5b": "Wan-AI/Wan2.2-TI2V-5B-Diffusers",
+}
 
 #: Full-size architectures with random weights, built in each worker from the package configs (benchmarks).
 #: `small` is a 62 M-parameter SVD UNet (SVD-XT's design at a quarter of its width): one step at 14 frames of
 #: 256 x 384 keeps a CPU core busy for seconds, so CPU measurements of the latency axes are compute, not overhead.
 RANDOM_FLAVORS = {"svd-xt-random": CONFIGS_DIR / "svd-xt", "small": CONFIGS_DIR / "small"}
 
-#: The tiny random-weight SVD, built once and saved (so that every rank loads identical weights).
-TINY_CONFIG = CONFIGS_DIR / "tiny"
+#: Wan flavors: built once with random weights and saved (tokenizer included), or full-size architectures whose
+#: random weights are built in each worker (`models/wan/configs/`).
+WAN_CONFIGS = Path(__file__).parent / "wan" / "configs"
+WAN_BUILT = ("wan-tiny", "wan2.2-tiny", "wan-small")
+WAN_RANDOM = ("wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random")
 
 SVD_COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 WEIGHTED_COMPONENTS = ("unet", "vae", "image_encoder")
 # Configs only, never a repo's other checkpoints (SVD-XT has ~10 GB of original-format weights at its root).
 CONFIG_PATTERNS = ["model_index.json", *(f"{c}/*.json" for c in SVD_COMPONENTS)]
-KNOWN_NAMES = "tiny, small, svd-xt, svd-xt-random"
+#: Wan: the files of every component folder (configs, tokenizer, safetensors shards and their index), nothing else.
+WAN_PATTERNS = ["model_index.json", "*/*.json", "tokenizer/*", "*/*.safetensors"]
+KNOWN_NAMES = ("tiny, small, svd-xt, svd-xt-random, wan-tiny, wan2.2-tiny, wan-small, wan2.1-i2v-480p, "
+               "wan2.1-i2v-720p, wan2.2-i2v-a14b, wan2.1-i2v-14b-480p-random, wan2.1-i2v-14b-720p-random, "
+               "wan2.2-i2v-a14b-random")
+SUPPORTED = ", ".join(FAMILIES)
 
 
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from; small and picklable, handed to every worker.
-
-    kind "dir": `path` is a diffusers Stable Video Diffusion directory with weights.
-    kind "random": `path` is a config directory (no weights); workers build random weights from it.
-    """
-
-    kind: Literal["dir", "random"]
-    path: Path
-    name: str  # what the user asked for
-    repo_id: str | None = None  # the hub repo it came from, if any
+def family_module(family: str, part: str = "family"):
+    """`vidpipe.models.<family>.<part>`: a family's surface (`family`), its plan rules (`parallelize`), ..."""
+    return importlib.import_module(f"vidpipe.models.{family}.{part}")
 
 
 def resolve_model(name: str, offline: bool = False, cache_dir: Path | None = None) -> ModelSource:
@@ -72,14 +75,42 @@ def resolve_model(name: str, offline: bool = False, cache_dir: Path | None = Non
         return ModelSource("dir", build_tiny(cache_dir), name)
     if name in RANDOM_FLAVORS:
         return ModelSource("random", RANDOM_FLAVORS[name], name)
+    if name in WAN_BUILT:
+        from vidpipe.models.wan.tiny import build_tiny as build_wan
+
+        return ModelSource("dir", build_wan(name, cache_dir), name, family="wan")
+    if name in WAN_RANDOM:
+        return ModelSource("random", WAN_CONFIGS / name, name, family="wan")
+    if name == "wan2.2-ti2v-5b-random":
+        raise UsageError(f"'{name}': Wan 2.2 TI2V-5B (per-token timesteps) is not supported yet; "
+                         "try wan2.2-i2v-a14b-random or wan2.1-i2v-14b-480p-random")
     local = Path(name).expanduser()
     if name not in HUB_ALIASES and local.is_dir():
-        check_svd_dir(local)
-        return ModelSource("dir", local.resolve(), name)
+        return ModelSource("dir", local.resolve(), name, family=family_of_dir(local))
     if local.is_file():
         raise UsageError(f"model '{name}' is a file, not a model directory; pass its folder or a hub id")
     repo_id = HUB_ALIASES.get(name, name)
-    return ModelSource("dir", download(name, repo_id, offline, cache_dir), name, repo_id)
+    path = download(name, repo_id, offline, cache_dir)
+    return ModelSource("dir", path, name, repo_id, family=family_of_dir(path))
+
+
+def family_of_dir(path: Path) -> str:
+    """The family of a local diffusers directory, from its model_index.json; one line naming the supported
+    pipelines for any other (a directory without one is taken for SVD, as older exports were)."""
+    index = path / "model_index.json"
+    if not index.is_file():
+        check_svd_dir(path)
+        return "svd"
+    pipeline_class = json.loads(index.read_text()).get("_class_name")
+    if pipeline_class not in FAMILIES:
+        raise UsageError(f"'{path}' holds a {pipeline_class}; vidpipe runs {', '.join(FAMILIES)}: point --model at "
+                         f"one of those or use one of {KNOWN_NAMES}")
+    if FAMILIES[pipeline_class] == "wan":
+        config = json.loads(index.read_text())
+        if config.get("expand_timesteps"):
+            raise UsageError(f"'{path}' is Wan 2.2 TI2V (per-token timesteps), not supported yet; use a Wan 2.1 "
+                             "I2V or Wan 2.2 I2V-A14B model")
+    return FAMILIES[pipeline_class]
 
 
 def check_svd_dir(path: Path) -> None:
@@ -91,7 +122,8 @@ def check_svd_dir(path: Path) -> None:
             return
         raise UsageError(
             f"'{path}' is not a Stable Video Diffusion model directory: its model_index.json names "
-            f"{pipeline_class}, not StableVideoDiffusionPipeline; use an SVD model or one of {KNOWN_NAMES}"
+            f"{pipeline_class}, not StableVideoDiffusionPipeline; vidpipe runs {SUPPORTED} models: use one of "
+            f"those or one of {KNOWN_NAMES}"
         )
     missing = [c for c in SVD_COMPONENTS if not (path / c).is_dir()]
     if missing:
@@ -100,51 +132,6 @@ def check_svd_dir(path: Path) -> None:
             f"{', '.join(missing)} folder(s); point --model at a diffusers SVD directory, a hub id or one of "
             f"{KNOWN_NAMES}"
         )
-
-
-def default_cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidpipe"
-
-
-def build_tiny(cache_dir: Path | None = None) -> Path:
-    """Build the tiny random SVD (seeded, so always the same weights) and save it once; return its directory.
-
-    The directory name carries a hash of the configs, so editing a config builds a new model. Written to a
-    temporary directory and renamed into place: a concurrent or interrupted build never leaves half a model.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(TINY_CONFIG.rglob("*.json")):
-        digest.update(path.relative_to(TINY_CONFIG).as_posix().encode() + b"\0" + path.read_bytes())
-    # Absolute, so that workers find it whatever their working directory.
-    root = (Path(cache_dir) if cache_dir is not None else default_cache_root()).expanduser().absolute()
-    target = root / f"tiny-svd-{digest.hexdigest()[:12]}"
-    if (target / "model_index.json").is_file():
-        return target
-
-    # Heavy imports only when a build is needed.
-    import torch
-    from diffusers import StableVideoDiffusionPipeline
-
-    from vidpipe.models.svd import random_components
-
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tiny-svd-", dir=root))
-    except OSError as error:
-        raise UsageError(
-            f"cannot write the tiny model under {root}: {error}; pass a writable cache dir"
-        ) from error
-    try:
-        components = random_components(TINY_CONFIG, torch.device("cpu"), torch.float32)
-        StableVideoDiffusionPipeline(**components).save_pretrained(tmp)
-        os.rename(tmp, target)
-    except OSError as error:
-        # Another process may have renamed its own build into place first: theirs is identical.
-        if not (target / "model_index.json").is_file():
-            raise UsageError(f"cannot write the tiny model to {target}: {error}; free disk space") from error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def download(name: str, repo_id: str, offline: bool, cache_dir: Path | None) -> Path:
@@ -179,6 +166,8 @@ def download(name: str, repo_id: str, offline: bool, cache_dir: Path | None) -> 
             f"cannot reach the Hugging Face hub to fetch model {label}, and it is not cached: check the "
             "network, or use --offline with a cached model, or pass a local model directory"
         ) from error
+    if family_of_dir(path) != "svd":
+        return path
     missing = [c for c in WEIGHTED_COMPONENTS if not _has_weights(path / c)]
     if missing:
         raise UsageError(
@@ -206,6 +195,12 @@ def _fetch(repo_id: str, offline: bool, cache_dir: Path | None) -> Path:
             )
         )
 
+    index = Path(snapshot_download(repo_id, allow_patterns=["model_index.json"], local_files_only=offline,
+                                   cache_dir=cache_dir)) / "model_index.json"
+    if index.is_file() and FAMILIES.get(json.loads(index.read_text()).get("_class_name")) == "wan":
+        # Wan repos publish one precision, in shards: every component folder's configs and weights.
+        return Path(snapshot_download(repo_id, allow_patterns=WAN_PATTERNS, local_files_only=offline,
+                                      cache_dir=cache_dir))
     try:
         path = snapshot([f"{c}/*.fp16*.safetensors" for c in WEIGHTED_COMPONENTS])
         missing = [c for c in WEIGHTED_COMPONENTS if not _has_weights(path / c, fp16=True)]

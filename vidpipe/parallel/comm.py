@@ -1,7 +1,7 @@
 """The collectives that split one sample's step, each counting what this rank sends and how long it waits.
 
 Every function takes the `CommStats` of its rank explicitly, so `bench` can report the bytes each rank sends per
-step beside the analytic figure (`parallel/cost.py`). "Sent" means payload that leaves this rank for others:
+step beside the analytic figure (`models/svd/cost.py`). "Sent" means payload that leaves this rank for others:
 an all-gather of a chunk to K ranks sends the chunk K-1 times, an all-to-all sends every part but its own, a
 halo sends one frame to each neighbour. Padding added for uneven splits counts (it is really moved).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from vidpipe.parallel.sp import FrameSplitGroupNorm, HaloConv3d
+from vidpipe.models.svd.parallelize import FrameSplitGroupNorm, HaloConv3d
 
 #: SVD's repeated blocks, by class name (diffusers' `_repeated_blocks` convention).
 REPEATED_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock", "TemporalBasicTransformerBlock", "TemporalResnetBlock")

@@ -165,7 +165,7 @@ class ParallelPlan:
         if self.cfg > 1 and not guidance:
             raise UsageError(
                 f"{self.name}: cfg splits the classifier-free-guidance batch, and guidance is off "
-                "(--max-guidance <= 1 runs the UNet on one batch); raise --max-guidance or drop cfg"
+                "(SVD: --max-guidance <= 1; Wan: --guidance-scale <= 1); raise it or drop cfg"
             )
 
 

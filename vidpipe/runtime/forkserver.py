@@ -39,7 +39,7 @@ STATE_FILE_ENV = "VIDPIPE_WORKER_SERVER_STATE"
 
 #: What ranks of any command need; `simulate` asks only for its own, lighter, list (no SVD stack).
 DEFAULT_PRELOAD = ("vidpipe.runtime.worker", "vidpipe.jobs.generate", "vidpipe.jobs.diffuse_only",
-                   "vidpipe.models.svd")
+                   "vidpipe.models.svd.adapter")
 SIMULATE_PRELOAD = ("vidpipe.jobs.simulate",)
 
 _preload: tuple[str, ...] | None = None

@@ -198,7 +198,7 @@ class Engine:
             self.changed.notify_all()
 
     def _enqueue(self, record: JobRecord) -> None:
-        from vidpipe.models.svd import SVDParams
+        from vidpipe.models.svd.adapter import SVDParams
 
         folder = self.job_dir(record.id)
         formats = record.request["_formats"]

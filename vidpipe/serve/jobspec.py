@@ -85,7 +85,7 @@ def expand(options: dict, sweep: list[dict] | None, source, plan, where: str = "
     `source` is the server's model (sizes resolve against it), `plan` its `ParallelPlan` (sp needs a frame per
     rank, pp a step per stage, cfg guidance). Raises UsageError with the job's first problem.
     """
-    from vidpipe.models.svd import SVDParams, resolve_size
+    from vidpipe.models.svd.adapter import SVDParams, resolve_size
 
     formats = parse_formats(options.get("format", "mp4"))
     base = {k: v for k, v in options.items() if k not in ("format", "save_latents")}

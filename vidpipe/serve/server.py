@@ -20,7 +20,7 @@ def serve(config: ServeConfig) -> None:
     import uvicorn
 
     from vidpipe.models.registry import resolve_model
-    from vidpipe.models.svd import SVDParams, default_size
+    from vidpipe.models.svd.adapter import SVDParams, default_size
     from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
     from vidpipe.runtime.launch import under_torchrun
     from vidpipe.serve.app import ApiSettings, create_app

@@ -26,8 +26,8 @@ from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWi
 
 from vidpipe.errors import UsageError
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
-from vidpipe.models.registry import ModelSource
-from vidpipe.models.sampling import denoise_block
+from vidpipe.models.source import ModelSource
+from vidpipe.models.svd.sampling import denoise_block
 
 #: Default pixel size per flavor; other models get the pipeline's own default, SVD's training size.
 DEFAULT_PIXELS = {"tiny": (64, 64), "small": (256, 384)}
@@ -188,6 +188,8 @@ def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 class SVDModel:
     """Stable Video Diffusion behind the `DiffusionModel` protocol, on one device."""
 
+    family = "svd"
+
     def __init__(
         self,
         pipeline: StableVideoDiffusionPipeline,
@@ -343,6 +345,12 @@ class SVDModel:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
+
+    def decode_units(self, sample: Sample) -> tuple[int, int]:
+        """(frames, decode chunk size): phase 2 may decode one video's chunks on several ranks (each chunk is
+        decoded on its own by the pipeline, so the split changes nothing)."""
+        p = self.params_of(sample)
+        return p.frames, p.decode_chunk_size
 
     @torch.no_grad()
     def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> np.ndarray:

@@ -2,7 +2,7 @@
 collectives in `simulate`: the same kinds of layer as SVD-XT's UNet, as many, in the same order.
 
 - `StandInTemporalResBlock`, like `TemporalResnetBlock`: GroupNorm over (C/G, F, H, W), then a kernel-3 conv over
-  frames, twice (`norm1`, `conv1`, `norm2`, `conv2`: the names `parallel/sp.py` splits);
+  frames, twice (`norm1`, `conv1`, `norm2`, `conv2`: the names `parallelize.py` splits);
 - `StandInTemporalTransformer`, like `TransformerSpatioTemporalModel`: blocks that attend over the frames of each
   pixel (here: mix in the mean over frames), called as `block(hidden_states, num_frames=...)`.
 Each adds a small residual, so the latents stay what the stand-in UNet makes of them. They act on the first
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from vidpipe.models.architecture import TemporalLayer
+from vidpipe.models.svd.architecture import TemporalLayer
 
 #: Latent channels the stand-ins act on, and their GroupNorm groups (SVD: 320-1280 channels, 32 groups).
 STAND_IN_CHANNELS = 1

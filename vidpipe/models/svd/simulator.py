@@ -16,10 +16,10 @@ from importlib import resources
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 
-from vidpipe.models.architecture import temporal_layers
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
-from vidpipe.models.dummy_temporal import apply_stand_ins, stand_in_layers
-from vidpipe.models.sampling import denoise_block, fresh_scheduler
+from vidpipe.models.svd.architecture import temporal_layers
+from vidpipe.models.svd.sampling import denoise_block, fresh_scheduler
+from vidpipe.models.svd.simulator_temporal import apply_stand_ins, stand_in_layers
 
 #: SVD's CLIP image-embedding width, so the conditioning that travels in `pp` has the real size.
 EMBEDDING_DIM = 1024
@@ -27,13 +27,13 @@ EMBEDDING_DIM = 1024
 
 def svd_scheduler_config() -> dict:
     """SVD-XT's own EulerDiscreteScheduler config (sigma_max 700, sigma_min 0.002, continuous timesteps)."""
-    path = resources.files("vidpipe.models") / "configs" / "svd-xt" / "scheduler" / "scheduler_config.json"
+    path = resources.files("vidpipe.models.svd") / "configs" / "svd-xt" / "scheduler" / "scheduler_config.json"
     return json.loads(path.read_text())
 
 
 def svd_unet_config() -> dict:
     """SVD-XT's UNet config: where its frame-mixing layers are (the stand-ins copy them)."""
-    path = resources.files("vidpipe.models") / "configs" / "svd-xt" / "unet" / "config.json"
+    path = resources.files("vidpipe.models.svd") / "configs" / "svd-xt" / "unet" / "config.json"
     return json.loads(path.read_text())
 
 

@@ -14,7 +14,7 @@ difference shows padding, a layer sent twice, or a layer the formula forgot. Per
 
 from __future__ import annotations
 
-from vidpipe.models.architecture import TemporalLayer, temporal_layers
+from vidpipe.models.svd.architecture import TemporalLayer, temporal_layers
 from vidpipe.parallel.plan import ParallelPlan, frame_split
 
 GROUPNORM_GROUPS = 32  # TemporalResnetBlock's GroupNorm

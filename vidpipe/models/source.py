@@ -1,0 +1,44 @@
+"""Where a model comes from (`ModelSource`) and where vidpipe caches what it builds: shared by the registry and
+every family package, so that neither imports the other."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from; small and picklable, handed to every worker.
+
+    kind "dir": `path` is a diffusers model directory with weights (Stable Video Diffusion or Wan).
+    kind "random": `path` is a config directory (no weights); workers build random weights from it.
+    """
+
+    kind: Literal["dir", "random"]
+    path: Path
+    name: str  # what the user asked for
+    repo_id: str | None = None  # the hub repo it came from, if any
+    family: str = "svd"  # the family package that runs it (`vidpipe/models/<family>/`), from model_index.json
+
+
+def default_cache_root() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vidpipe"
+
+
+@contextmanager
+def quiet_saving():
+    """Saving a model built here (a few MB, once): transformers' "Writing model shards" bar would only break the
+    command's one-line output."""
+    from transformers.utils import logging as transformers_logging
+
+    bars_were_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars_were_on:
+            transformers_logging.enable_progress_bar()

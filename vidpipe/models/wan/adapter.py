@@ -1,0 +1,269 @@
+"""The `wan` adapter: Wan 2.1 / 2.2 image-to-video on one device, built from diffusers' own pipeline pieces.
+
+A `WanImageToVideoPipeline` object holds the components and supplies every helper (prompt and image encoding,
+initial latents and the first-frame condition, VAE decode, post-processing); only the denoising loop is ours
+(`sampling.denoise_block`), so that any contiguous block of steps can run on its own, on any rank.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass, replace
+
+import numpy as np
+import PIL.Image
+import torch
+
+from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
+from vidpipe.models.wan.sampling import Experts, SequentialGuidance, SolverState, denoise_block
+from vidpipe.models.wan.sizes import denoiser_config, image_token_count, resolve_size
+
+#: The transformers of a Wan pipeline: Wan 2.2 A14B's high-noise and low-noise experts (Wan 2.1: the first only).
+EXPERTS = ("transformer", "transformer_2")
+
+#: What the pipeline pads every prompt to (`max_sequence_length`); the transformer's attention takes the image
+#: tokens as everything before the last 512 context tokens, so it must be exactly this.
+TEXT_TOKENS = 512
+
+
+@dataclass(frozen=True)
+class WanParams:
+    """Everything the sampler needs (validated by the caller). None sizes mean the model's defaults."""
+
+    steps: int
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None  # the low-noise expert's (two-expert models); None: guidance_scale
+    fps: int = 16  # the video file's frame rate (Wan was trained at 16 fps; it does not condition the model)
+    decode_chunk_size: int = 1  # unused: the causal VAE decodes a video whole (see `decode_units`)
+    text_encoder_device: str = "gpu"  # "cpu": UMT5 runs on the CPU (11 GB for the 14B models)
+    vae_device: str = "gpu"
+
+    @property
+    def guidance(self) -> tuple[float, float]:
+        return self.guidance_scale, self.guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2
+
+
+def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+class WanModel:
+    """Wan image-to-video behind the `DiffusionModel` protocol, on one device."""
+
+    family = "wan"
+
+    def __init__(self, pipeline, device: torch.device, dtype: torch.dtype, params: WanParams,
+                 size: tuple[int, int, int], image_tokens: int | None = None, denoiser_config: dict | None = None):
+        self.pipeline = pipeline
+        self.device = device
+        self.dtype = dtype
+        self.params = params
+        self.num_steps = params.steps
+        self.num_frames, self.height, self.width = size
+        self.guide = SequentialGuidance()  # the `cfg` axis replaces it
+        config = pipeline.config
+        ratio = config.get("boundary_ratio")
+        self.boundary_timestep = None if ratio is None else ratio * pipeline.scheduler.config.num_train_timesteps
+        self.expand_timesteps = bool(config.get("expand_timesteps", False))
+        if self.expand_timesteps:
+            raise NotImplementedError("Wan TI2V (per-token timesteps, expand_timesteps) is not supported yet")
+        self.z_dim = pipeline.vae.config.z_dim
+        self.temporal_factor = pipeline.vae_scale_factor_temporal
+        self.spatial_factor = pipeline.vae_scale_factor_spatial
+        if denoiser_config is None:  # NOTE: a rank may hold neither expert (it only encodes): then it is given
+            denoiser_config = next(m.config for m in (pipeline.transformer, pipeline.transformer_2) if m is not None)
+        self.text_dim = denoiser_config["text_dim"]
+        self.image_dim = denoiser_config["image_dim"]
+        self.image_tokens = image_tokens  # of the CLIP embedding (Wan 2.1); known without the encoder loaded
+        self.solver_order = pipeline.scheduler.config.solver_order
+        self._prompt_cache: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @classmethod
+    def load(cls, source, device: torch.device, dtype: torch.dtype | None, params: WanParams,
+             encoders: bool = True, experts: tuple[str, ...] = EXPERTS, stage_on_cpu: bool = False) -> WanModel:
+        """Load (kind "dir") or build (kind "random") on `device`; dtype None: bf16 on CUDA, fp32 on CPU.
+
+        `encoders=False` skips UMT5 and CLIP, for ranks that never call `encode`; `experts` names the transformers
+        this rank runs (a pp stage loads only the experts its steps use); `stage_on_cpu` leaves them on the CPU,
+        for fsdp, which moves them to the device shard by shard. The VAE is always fp32 (phase 2 decodes in fp32).
+        """
+        from vidpipe.models.wan.loading import load_components
+
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        components = load_components(source, dtype, encoders, experts)
+        text_device = torch.device("cpu") if params.text_encoder_device == "cpu" else device
+        for name, module in components.items():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            module.eval().requires_grad_(False)
+            if name in EXPERTS:
+                if not stage_on_cpu:
+                    module.to(device)
+            else:
+                module.to(text_device if name == "text_encoder" else device)
+        from diffusers import WanImageToVideoPipeline
+
+        pipeline = WanImageToVideoPipeline(**components)
+        pipeline.set_progress_bar_config(disable=True)
+        size = resolve_size(source, params.frames, params.height, params.width)
+        return cls(pipeline, device, dtype, params, size, image_token_count(source.path), denoiser_config(source.path))
+
+    # 1. The denoiser(s), as strategies and parallel axes see them.
+
+    @property
+    def unet(self) -> torch.nn.Module | None:
+        """The denoiser a plan wraps or shards: the high-noise expert (or the one transformer)."""
+        return self.pipeline.transformer
+
+    @unet.setter
+    def unet(self, denoiser: torch.nn.Module | None) -> None:
+        self.pipeline.transformer = denoiser
+
+    def experts(self) -> Experts:
+        return Experts(self.pipeline.transformer, self.pipeline.transformer_2, self.boundary_timestep)
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every loaded expert (fsdp shards each, sp splits each)."""
+        return [m for m in (self.pipeline.transformer, self.pipeline.transformer_2) if m is not None]
+
+    # 2. Shapes of a sample's state.
+
+    def params_of(self, sample: Sample | None) -> WanParams:
+        p = sample.params if sample is not None and sample.params is not None else self.params
+        return replace(p, frames=p.frames or self.num_frames, height=p.height or self.height,
+                       width=p.width or self.width)
+
+    def latent_shape(self, p: WanParams) -> tuple[int, ...]:
+        frames = (p.frames - 1) // self.temporal_factor + 1
+        return (1, self.z_dim, frames, p.height // self.spatial_factor, p.width // self.spatial_factor)
+
+    def state_spec(self, params: WanParams | None = None) -> dict[str, TensorSpec]:
+        """Shapes and dtypes of what `encode` returns, in a fixed order. The latents, the first-frame condition and
+        the solver's history are fp32, as in the pipeline; the embeddings are in the transformer's dtype."""
+        p = params or self.params_of(None)
+        latent = self.latent_shape(p)
+        spec = {
+            "latents": TensorSpec(latent, torch.float32),
+            "condition": TensorSpec((1, self.z_dim + self.temporal_factor, *latent[2:]), torch.float32),
+            "prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.text_dim), self.dtype),
+            "negative_prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.text_dim), self.dtype),
+        }
+        if self.image_dim is not None:
+            spec["image_embeds"] = TensorSpec((1, self.image_tokens, self.image_dim), self.dtype)
+        spec["solver_outputs"] = TensorSpec((self.solver_order, *latent), torch.float32)
+        spec["solver_last_sample"] = TensorSpec(latent, torch.float32)
+        spec["solver_scalars"] = TensorSpec((4 + self.solver_order,), torch.float64, on_host=True)
+        spec["sampling"] = TensorSpec((3,), torch.float64, on_host=True)
+        return spec
+
+    def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
+        return self.state_spec(self.params_of(sample))
+
+    # 3. Encoding: text, image, starting noise.
+
+    def _prompt_embeds(self, p: WanParams) -> tuple[torch.Tensor, torch.Tensor]:
+        """UMT5 embeddings of the prompt and the negative prompt, padded to 512 tokens as the pipeline pads them;
+        computed once per prompt pair (a server's jobs often repeat them)."""
+        use_cfg = p.guidance_scale > 1
+        key = (p.prompt, p.negative_prompt, use_cfg)
+        if key not in self._prompt_cache:
+            pipe = self.pipeline
+            if pipe.text_encoder is None:
+                raise RuntimeError("WanModel.encode: this model was loaded without its text encoder")
+            text_device = torch.device("cpu") if p.text_encoder_device == "cpu" else self.device
+            cond, uncond = pipe.encode_prompt(prompt=p.prompt, negative_prompt=p.negative_prompt,
+                                              do_classifier_free_guidance=use_cfg, num_videos_per_prompt=1,
+                                              max_sequence_length=TEXT_TOKENS, device=text_device)
+            uncond = torch.zeros_like(cond) if uncond is None else uncond
+            if len(self._prompt_cache) > 16:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[key] = (cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype))
+        return self._prompt_cache[key]
+
+    @torch.no_grad()
+    def encode(self, sample: Sample) -> SampleState:
+        """Conditioning and starting noise of `sample`, as the pipeline computes them. NOTE: one CPU generator;
+        the pipeline draws only the initial latents (the VAE encodes the condition with its mode, no noise)."""
+        pipe, device, p = self.pipeline, self.device, self.params_of(sample)
+        image = _rgb(sample.image)
+        generator = torch.Generator("cpu").manual_seed(sample.seed)
+
+        # 1. Text: the prompt and the negative prompt through UMT5.
+        prompt_embeds, negative_embeds = self._prompt_embeds(p)
+
+        # 2. Wan 2.1: the CLIP image embedding (the penultimate hidden states).
+        state: SampleState = {}
+        if self.image_dim is not None:
+            state["image_embeds"] = pipe.encode_image(image, device).to(self.dtype)
+
+        # 3. Starting noise and the first-frame condition (mask + VAE latents), in fp32 as the pipeline does.
+        pixels = pipe.video_processor.preprocess(image, height=p.height, width=p.width).to(device, torch.float32)
+        latents, condition = pipe.prepare_latents(pixels, 1, self.z_dim, p.height, p.width, p.frames, torch.float32,
+                                                  device, generator)
+        ordered = {"latents": latents, "condition": condition, "prompt_embeds": prompt_embeds,
+                   "negative_prompt_embeds": negative_embeds, **state}
+        SolverState.initial(self.solver_order, latents).into(ordered)
+        guidance_2 = p.guidance[1]
+        ordered["sampling"] = torch.tensor([p.steps, p.guidance_scale, guidance_2], dtype=torch.float64)
+        return ordered
+
+    # 4. Denoising a block of steps.
+
+    @torch.no_grad()
+    def denoise(self, state: SampleState, steps: range, on_step: StepCallback | None = None) -> torch.Tensor:
+        """Run `steps`, a contiguous block of the sample's schedule, on `state`; return the new latents. The
+        solver's history in `state` is advanced in place, so the state can travel on to the next block."""
+        num_steps, guidance, guidance_2 = state["sampling"].tolist()
+        num_steps = int(num_steps)
+        if steps.step != 1 or not 0 <= steps.start <= steps.stop <= num_steps:
+            raise ValueError(f"denoise: {steps} is not a contiguous block of range(0, {num_steps})")
+        on_device = {k: v.to(self.device) for k, v in state.items() if k not in ("sampling", "solver_scalars")}
+        on_device["solver_scalars"] = state["solver_scalars"]
+        latents, solver = denoise_block(self.experts(), self.pipeline.scheduler, num_steps, on_device, steps,
+                                        (guidance, guidance_2), self.dtype, self.guide, on_step)
+        solver.into(state)
+        return latents
+
+    def release_denoiser(self) -> None:
+        """Drop the transformers and encoders (phase 2 needs only the VAE) and return their memory."""
+        pipe = self.pipeline
+        pipe.transformer = pipe.transformer_2 = None
+        pipe.text_encoder = pipe.image_encoder = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # 5. Decoding.
+
+    def decode_units(self, sample: Sample) -> tuple[int, int]:
+        """(units, units per chunk) phase 2 may spread over ranks: one, as the causal VAE decodes a video frame by
+        frame with a cache of the frames before, so one video decodes whole on one rank."""
+        return 1, 1
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, decode_chunk_size: int | None = None) -> np.ndarray:
+        """Final latents [1, C, T, h, w] -> uint8 frames [F, H, W, 3]. The causal VAE decodes frame by frame with
+        its feature cache, in fp32, on one device (no tiling: tiles are blended, which changes the output)."""
+        pipe = self.pipeline
+        device = torch.device("cpu") if self.params.vae_device == "cpu" else self.device
+        pipe.vae.to(device, torch.float32)
+        vae = pipe.vae.config
+        latents = latents.to(device, torch.float32)
+        mean = torch.tensor(vae.latents_mean).view(1, vae.z_dim, 1, 1, 1).to(latents)
+        inverse_std = 1.0 / torch.tensor(vae.latents_std).view(1, vae.z_dim, 1, 1, 1).to(latents)
+        video = pipe.vae.decode(latents / inverse_std + mean, return_dict=False)[0]
+        frames = pipe.video_processor.postprocess_video(video, output_type="np")[0]
+        return (frames * 255).round().astype(np.uint8)
+
+    def input_image(self, sample: Sample) -> PIL.Image.Image:
+        p = self.params_of(sample)
+        return self.pipeline.video_processor.resize(_rgb(sample.image), p.height, p.width)

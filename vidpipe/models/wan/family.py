@@ -1,0 +1,106 @@
+"""What the rest of vidpipe needs of the Wan family: its options and defaults, its sizes, and how one rank of a plan
+loads it. Every family package has a `family.py` with the same functions; the registry picks the package."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from vidpipe.errors import UsageError
+from vidpipe.models.wan.sizes import default_size, resolve_size  # noqa: F401 - part of the family surface
+
+NAME = "wan"
+PIPELINE_CLASS = "WanImageToVideoPipeline"
+#: The pipeline's own default step count (`WanImageToVideoPipeline.__call__`).
+DEFAULT_STEPS = 50
+#: generate's options that only SVD takes: refused for Wan, never silently ignored.
+FOREIGN_OPTIONS = {"fps": "--fps", "motion_bucket_id": "--motion-bucket-id",
+                   "noise_aug_strength": "--noise-aug-strength", "min_guidance": "--min-guidance",
+                   "max_guidance": "--max-guidance", "decode_chunk_size": "--decode-chunk-size"}
+#: Modules a rank of a Wan run needs, for the worker server to preload.
+PRELOAD = ("vidpipe.models.wan.adapter", "vidpipe.models.wan.parallelize")
+
+
+def complete(config):
+    """`config` with Wan's defaults where the user gave nothing, and one line for an option Wan does not take."""
+    foreign = [flag for name, flag in FOREIGN_OPTIONS.items() if name in config.given]
+    if foreign:
+        raise UsageError(f"{foreign[0]} is a Stable Video Diffusion option; Wan takes --prompt, --negative-prompt, "
+                         "--guidance-scale and --guidance-scale-2 instead")
+    if config.jobs_path:
+        raise UsageError("--jobs with a Wan model is not supported yet: give the image(s) on the command line")
+    config = replace(config, steps=config.steps if "steps" in config.given else DEFAULT_STEPS,
+                     prompt=config.prompt or "", negative_prompt=config.negative_prompt or "",
+                     guidance_scale=5.0 if config.guidance_scale is None else config.guidance_scale)
+    # NOTE: no frame check: sp splits Wan's tokens, not its frames (a too-short sequence is refused when split).
+    config.run.check_plan(config.steps, None, config.guidance_scale > 1)
+    return config
+
+
+def uses_guidance(config) -> bool:
+    return config.guidance_scale > 1
+
+
+def params(config, size: tuple[int, int, int]):
+    """The sampling parameters of a generate run (`complete`d), sizes resolved."""
+    from vidpipe.models.wan.adapter import WanParams
+
+    frames, height, width = size
+    return WanParams(steps=config.steps, frames=frames, height=height, width=width, prompt=config.prompt,
+                     negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
+                     guidance_scale_2=config.guidance_scale_2, text_encoder_device=config.text_encoder_device,
+                     vae_device=config.vae_device)
+
+
+def experts_for_steps(source, steps: int, block: range) -> tuple[str, ...]:
+    """The experts a block of steps uses: on Wan 2.2 A14B the high-noise one while t >= boundary, then the other."""
+    import json
+
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    ratio = json.loads((source.path / "model_index.json").read_text()).get("boundary_ratio")
+    if ratio is None:
+        return ("transformer",)
+    scheduler = UniPCMultistepScheduler.from_pretrained(source.path, subfolder="scheduler")
+    scheduler.set_timesteps(steps, device=torch.device("cpu"))
+    boundary = ratio * scheduler.config.num_train_timesteps
+    used = {"transformer" if scheduler.timesteps[i] >= boundary else "transformer_2" for i in block}
+    return tuple(name for name in ("transformer", "transformer_2") if name in used)
+
+
+def load_for(layout, source, dtype, params, encoders: bool, blocks: list[range] | None):
+    """The Wan model as the plan needs it on this rank: encoders only where samples are encoded; on a pp stage only
+    the experts its steps use (`blocks`: this rank's blocks; None: every step); under fsdp the experts stay on the
+    CPU until they are sharded."""
+    from vidpipe.models.wan.adapter import EXPERTS, WanModel
+    from vidpipe.runtime.devices import DTYPES
+
+    experts = EXPERTS
+    if blocks is not None:
+        experts = tuple(sorted({e for b in blocks for e in experts_for_steps(source, params.steps, b)}))
+    return WanModel.load(source, layout.ctx.device, DTYPES[dtype], params, encoders=encoders, experts=experts,
+                         stage_on_cpu=layout.plan.fsdp)
+
+
+def model_size(source, dtype_bytes: int):
+    """What `auto`'s memory model needs of this model, from its configs on the meta device (no weights).
+
+    Every loaded expert counts (dp and fsdp hold both of Wan 2.2's; a pp stage may hold one). NOTE: `auto`'s
+    activation estimate is a UNet's (20 tensors of the first level's width per latent pixel and frame); a DiT's
+    is about 10 tensors of its width per token, a token being 4 frames x 2 x 2 latent pixels: dim / 32 gives the
+    same bytes. An approximation, stated as one.
+    """
+    from vidpipe.models.wan.sizes import denoiser_config
+    from vidpipe.models.wan.tiny import parameter_counts
+    from vidpipe.parallel.auto import ModelSize
+
+    counts = parameter_counts(source.path)
+    experts = counts.get("transformer", 0) + counts.get("transformer_2", 0)
+    encoders = counts.get("text_encoder", 0) + counts.get("image_encoder", 0)
+    config = denoiser_config(source.path)
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    return ModelSize(experts, counts["vae"] + encoders, max(1, width // 32), dtype_bytes, vae_params=counts["vae"])
+
+
+__all__ = ["NAME", "PIPELINE_CLASS", "complete", "default_size", "load_for", "model_size", "params", "resolve_size",
+           "uses_guidance"]
