@@ -82,7 +82,7 @@ def test_a_rank_that_raises_ends_the_run(strategy):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("strategy", ["dp", "fsdp"])  # dp: the peers keep working and the queue busy
+@pytest.mark.parametrize("strategy", ["dp"])  # dp: the peers keep working and the queue busy
 def test_a_rank_killed_by_sigkill_ends_the_run(strategy):
     process, marker = start("simulate", "--gpus", "3", "--strategy", strategy, *SLOW)
     victim = workers_of(marker, 3)[1]
@@ -92,7 +92,7 @@ def test_a_rank_killed_by_sigkill_ends_the_run(strategy):
     assert "died unexpectedly (killed by SIGKILL)" in err
 
 
-@pytest.mark.parametrize("strategy", ["pp", "dp"])  # heartbeats do not depend on the plan
+@pytest.mark.parametrize("strategy", ["dp"])  # heartbeats do not depend on the plan; dp's peers never wait for it
 def test_a_stopped_rank_is_named_within_the_stall_timeout(strategy):
     """A rank frozen (SIGSTOP) 1 s after it started, while the others may still be starting or working (a dp
     peer never waits for it): its heartbeats stop, it is named, and the run ends within --stall-timeout + 10 s

@@ -18,6 +18,7 @@ from vidpipe.models.source import ModelSource
 from vidpipe.models.svd.tiny import CONFIGS_DIR
 
 SVD_INDEX = json.dumps({"_class_name": "StableVideoDiffusionPipeline"})
+WAN_INDEX = json.dumps({"_class_name": "WanImageToVideoPipeline", "boundary_ratio": None})
 
 
 @pytest.fixture(autouse=True)
@@ -31,8 +32,9 @@ def hub_error(cls):
     return cls.__new__(cls)
 
 
-def fake_hub(monkeypatch, repo_files: list[str]) -> list[dict]:
-    """Replace snapshot_download by a fake repo holding `repo_files`; return the calls it received."""
+def fake_hub(monkeypatch, repo_files: list[str], index: str | None = None) -> list[dict]:
+    """Replace snapshot_download by a fake repo holding `repo_files` (its model_index.json: `index`, SVD's by
+    default); return the calls it received."""
     calls = []
 
     def snapshot_download(repo_id, allow_patterns, ignore_patterns, local_files_only, cache_dir):
@@ -42,7 +44,7 @@ def fake_hub(monkeypatch, repo_files: list[str]) -> list[dict]:
             repo_files, allow_patterns=allow_patterns, ignore_patterns=ignore_patterns
         ):
             (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
-            (snapshot / name).write_text(SVD_INDEX if name == "model_index.json" else "")
+            (snapshot / name).write_text((index or SVD_INDEX) if name == "model_index.json" else "")
         return str(snapshot)
 
     monkeypatch.setattr(registry, "snapshot_download", snapshot_download)
@@ -169,7 +171,23 @@ def test_download_prefers_fp16_and_falls_back_per_component(tmp_path, monkeypatc
     fetched = sorted(p.relative_to(source.path).as_posix() for p in source.path.rglob("*") if p.is_file())
     assert fetched == sorted(set(repo) - {"svd_xt.safetensors", "unet/diffusion_pytorch_model.safetensors",
                                           "vae/diffusion_pytorch_model.safetensors"})  # fmt: skip
-    assert len(calls) == 2 and all(call["offline"] for call in calls)
+    # model_index.json first (it names the family), then fp16 weights, then the full-precision rest.
+    assert calls[0]["allow"] == ["model_index.json"]
+    assert len(calls) == 3 and all(call["offline"] for call in calls)
+
+
+def test_a_wan_repo_fetches_every_component_folder_and_nothing_at_its_root(tmp_path, monkeypatch):
+    repo = ["model_index.json", "Wan2.1_VAE.pth", "transformer/config.json",
+            "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+            "transformer/diffusion_pytorch_model.safetensors.index.json", "tokenizer/spiece.model",
+            "text_encoder/config.json", "text_encoder/model.safetensors", "vae/config.json",
+            "vae/diffusion_pytorch_model.safetensors", "scheduler/scheduler_config.json"]
+    calls = fake_hub(monkeypatch, repo, index=WAN_INDEX)
+    source = resolve_model("wan2.1-i2v-480p", cache_dir=tmp_path)
+    assert source.family == "wan" and source.repo_id == "Wan-AI/Wan2.1-I2V-14B-480P-Diffusers"
+    fetched = sorted(p.relative_to(source.path).as_posix() for p in source.path.rglob("*") if p.is_file())
+    assert fetched == sorted(set(repo) - {"Wan2.1_VAE.pth"})  # the original-format checkpoint stays behind
+    assert [call["allow"] for call in calls] == [["model_index.json"], registry.WAN_PATTERNS]
 
 
 def test_repo_without_weights(tmp_path, monkeypatch):

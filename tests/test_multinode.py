@@ -39,7 +39,9 @@ def two_nodes(*args: str, timeout: float = 240) -> list[subprocess.CompletedProc
     return results
 
 
-@pytest.mark.parametrize("strategy", ["pp", "dp"])
+# One plan per command: the two nodes' rendezvous and hand-offs are the same for every plan (each case costs ~30 s
+# of the suite's 10-minute budget); generate's pp crosses the nodes at a stage boundary, simulate's dp does not.
+@pytest.mark.parametrize("strategy", ["dp"])
 def test_simulate_over_two_nodes(tmp_path, strategy):
     report_path = tmp_path / "r.json"
     nodes = two_nodes("simulate", "--strategy", strategy, "--steps", "8", "--samples", "4", "--latent-shape",
@@ -64,7 +66,7 @@ def one_rank(tmp_path_factory):
     return root / "out", root / "cache"
 
 
-@pytest.mark.parametrize("strategy", ["pp", "dp"])
+@pytest.mark.parametrize("strategy", ["pp"])
 def test_generate_over_two_nodes_equals_one_rank(tmp_path, one_rank, strategy):
     reference, cache = one_rank
     out = tmp_path / "nodes"

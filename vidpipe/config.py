@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from vidpipe.errors import UsageError
 from vidpipe.parallel.plan import AUTO, ParallelPlan, PlanSpec, parse_plan
@@ -93,8 +94,16 @@ class SimulateConfig:
     step_ms: float = 0.0
     seed: int = 0
     json_path: str | None = None  # "-" = stdout
+    model: str = "dummy"  # SVD's stand-in, or a full-size Wan flavor's (`models/wan/simulator.py`)
+
+    #: What `--model` takes: the SVD stand-in and the full-size Wan flavors (`models/registry.py WAN_RANDOM`).
+    MODELS: ClassVar[tuple[str, ...]] = (
+        "dummy", "wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random")
 
     def __post_init__(self):
+        if self.model not in self.MODELS:
+            raise UsageError(f"--model {self.model!r}: simulate has stand-ins for {', '.join(self.MODELS)} "
+                             "(dummy: SVD-XT's shapes; the others: Wan's full-size transformers, random weights)")
         _at_least("--steps", self.steps, 1)
         _at_least("--samples", self.samples, 1, "a run needs at least one sample")
         _at_least("--warmup-samples", self.warmup_samples, 0)
@@ -111,7 +120,8 @@ class SimulateConfig:
         if self.run.strategy == AUTO:
             raise UsageError("--strategy auto chooses a plan for SVD jobs (generate); simulate takes a plan, "
                              "e.g. pp, dp, cfg2, sp2")
-        self.run.check_plan(self.steps, self.latent_shape[2])
+        # NOTE: sp splits SVD's frames but Wan's tokens (checked against the latent when the run starts).
+        self.run.check_plan(self.steps, self.latent_shape[2] if self.model == "dummy" else None)
         if self.json_path not in (None, "-") and Path(self.json_path).is_dir():
             raise UsageError(f"--json {self.json_path}: is a directory; give a file path or - for stdout")
 
@@ -403,6 +413,7 @@ class ServeConfig:
     offline: bool = False
     cache_dir: str | None = None
     vae_device: str = "gpu"
+    text_encoder_device: str | None = None  # Wan: gpu | cpu (None: gpu); refused for SVD models, as in generate
 
     def __post_init__(self):
         if self.run.strategy == AUTO:
@@ -417,3 +428,5 @@ class ServeConfig:
             raise UsageError(f"--host {self.host} opens the server to other machines: set --token (or VIDPIPE_TOKEN) "
                              "so that only those who hold it can submit jobs and read results")
         _choice("--vae-device", self.vae_device, ("gpu", "cpu"))
+        if self.text_encoder_device is not None:
+            _choice("--text-encoder-device", self.text_encoder_device, ("gpu", "cpu"))

@@ -26,7 +26,9 @@ from vidpipe.runtime.forkserver import start_worker_server
 
 def serve(
     model: Annotated[str, typer.Option(
-        help="Hub id, local diffusers directory, svd-xt, tiny, small or svd-xt-random (see generate --help).")
+        help="Hub id, local diffusers directory (SVD or Wan image-to-video), or a built-in name: svd-xt, tiny, "
+             "small, svd-xt-random, wan2.1-i2v-480p, wan2.2-i2v-a14b, wan-tiny, ... (see generate --help). Jobs take "
+             "the model family's options (SVD: fps, motion, ...; Wan: prompt, guidance scale).")
     ] = "stabilityai/stable-video-diffusion-img2vid-xt",
     gpus: Gpus = None,
     strategy: Annotated[str, typer.Option(
@@ -46,6 +48,8 @@ def serve(
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload.")] = 20.0,
     vae_device: Annotated[str, typer.Option(
         "--vae-device", help="gpu | cpu: where the warm ranks decode (the UNet stays loaded).")] = "gpu",
+    text_encoder_device: Annotated[str | None, typer.Option(
+        "--text-encoder-device", help="Wan: gpu | cpu, where UMT5 encodes the jobs' prompts (default gpu).")] = None,
     compile_unet: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the UNet's repeated blocks once, at start.")] = False,
     offline: Offline = False,
@@ -68,5 +72,5 @@ def serve(
                      dist_timeout_s=dist_timeout)
     run_server(ServeConfig(
         run, model, str(out), host, port, max_queue, token or os.environ.get("VIDPIPE_TOKEN") or None, max_upload_mb,
-        offline, str(cache_dir) if cache_dir else None, vae_device,
+        offline, str(cache_dir) if cache_dir else None, vae_device, text_encoder_device,
     ))

@@ -14,27 +14,38 @@ def submit(
     server: Annotated[str, typer.Option(help="The server's URL.")] = "http://127.0.0.1:8000",
     samples: Annotated[int | None, typer.Option(help="Videos per image (default: the server's, 1).")] = None,
     seed: Annotated[int | None, typer.Option(help="Sample i uses seed + i (default 0).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Denoising steps (default 25).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the model's, SVD 25, Wan 50).")] = None,
     frames: Annotated[int | None, typer.Option(help="Frames per video (default: the model's).")] = None,
     height: Annotated[int | None, typer.Option(help="Video height in pixels.")] = None,
     width: Annotated[int | None, typer.Option(help="Video width in pixels.")] = None,
-    fps: Annotated[int | None, typer.Option(help="Frame rate (conditions the model).")] = None,
-    motion_bucket_id: Annotated[int | None, typer.Option("--motion-bucket-id", help="More motion when higher.")] = None,
-    noise_aug_strength: Annotated[float | None, typer.Option("--noise-aug-strength")] = None,
-    min_guidance: Annotated[float | None, typer.Option("--min-guidance")] = None,
-    max_guidance: Annotated[float | None, typer.Option("--max-guidance")] = None,
-    decode_chunk_size: Annotated[int | None, typer.Option("--decode-chunk-size")] = None,
+    fps: Annotated[int | None, typer.Option(help="SVD: frame rate (conditions the model).")] = None,
+    motion_bucket_id: Annotated[int | None, typer.Option(
+        "--motion-bucket-id", help="SVD: more motion when higher.")] = None,
+    noise_aug_strength: Annotated[float | None, typer.Option("--noise-aug-strength", help="SVD.")] = None,
+    min_guidance: Annotated[float | None, typer.Option("--min-guidance", help="SVD.")] = None,
+    max_guidance: Annotated[float | None, typer.Option("--max-guidance", help="SVD.")] = None,
+    decode_chunk_size: Annotated[int | None, typer.Option("--decode-chunk-size", help="SVD.")] = None,
+    prompt: Annotated[str | None, typer.Option(help="Wan: what the video shows (a text prompt).")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(
+        "--negative-prompt", help="Wan: what it should not show.")] = None,
+    guidance_scale: Annotated[float | None, typer.Option(
+        "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")] = None,
+    guidance_scale_2: Annotated[float | None, typer.Option(
+        "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")] = None,
     formats: Annotated[str | None, typer.Option("--format", help="Comma list of mp4, gif, png.")] = None,
     sweep: Annotated[str | None, typer.Option(
         help="Per-sample overrides, a JSON list (or @file.json), e.g. '[{\"motion_bucket_id\": 60}, "
-             "{\"motion_bucket_id\": 180}]': one sample each.")] = None,
+             "{\"motion_bucket_id\": 180}]' or '[{\"prompt\": \"a fox\"}, {\"prompt\": \"a cat\"}]': one "
+             "sample each.")] = None,
     out: Annotated[Path, typer.Option(
         help="Downloads go to OUT/<image>_<job id prefix>/ (two jobs of one image make files of the same names).")
     ] = Path("outputs"),
     token: Annotated[str | None, typer.Option(help="The server's bearer token (default: $VIDPIPE_TOKEN).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace existing files in --out.")] = False,
 ) -> None:
-    """Submit images as jobs to a running `vidpipe serve`, show their progress, download their files.
+    """Submit images as jobs to a running `vidpipe serve`, show their progress, download their files. Options as
+    generate's: the served model's family decides which it takes (SVD: --fps, --motion-bucket-id, ...; Wan:
+    --prompt, --guidance-scale, ...); the server refuses the others in one line.
 
     Example: vidpipe submit photo.png --server http://127.0.0.1:8000 --samples 2 --steps 25 --out videos
 
@@ -47,7 +58,8 @@ def submit(
     values = {"samples": samples, "seed": seed, "steps": steps, "frames": frames, "height": height, "width": width,
               "fps": fps, "motion_bucket_id": motion_bucket_id, "noise_aug_strength": noise_aug_strength,
               "min_guidance": min_guidance, "max_guidance": max_guidance, "decode_chunk_size": decode_chunk_size,
-              "format": formats}
+              "prompt": prompt, "negative_prompt": negative_prompt, "guidance_scale": guidance_scale,
+              "guidance_scale_2": guidance_scale_2, "format": formats}
     if sweep and sweep.startswith("@"):
         sweep = Path(sweep[1:]).read_text()
     run_submit(SubmitConfig(

@@ -11,7 +11,6 @@ from vidpipe.config import BASELINE, COMPILED, BenchConfig, SimulateConfig
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.jobs.run import place, run_with_display
 from vidpipe.models.base import Sample
-from vidpipe.models.svd.cost import svd_bytes_per_step
 from vidpipe.plots import bench_plots
 from vidpipe.report import run_report, stderr_console, write_json
 from vidpipe.runtime.devices import DTYPES, cuda_device_count, resolve_device_type
@@ -46,18 +45,18 @@ def skip_reason(config: BenchConfig, label: str, gpus: int, device_type: str, fr
     return None
 
 
-class SvdBench:
-    """Runs for an SVD model: the input and sample plan shared by every run, the reference latents kept."""
+class ModelBench:
+    """Runs for a real model (SVD or Wan, by its family): the input and sample plan shared by every run, the
+    reference latents kept."""
 
     def __init__(self, config: BenchConfig):
-        from vidpipe.models.registry import resolve_model
-        from vidpipe.models.svd.adapter import SVDParams, resolve_size
+        from vidpipe.models.registry import family_module, resolve_model
 
         self.config = config
         self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-        self.size = resolve_size(self.source, config.frames, config.height, config.width)
-        self.params = SVDParams(steps=config.total_steps, frames=self.size[0], height=self.size[1],
-                                width=self.size[2])
+        self.family = family_module(self.source.family)
+        self.size = self.family.resolve_size(self.source, config.frames, config.height, config.width)
+        self.params = self.family.bench_params(config.total_steps, self.size)
         image = _input_image(config.image, self.size[1], self.size[2])
         name = Path(config.image).stem if config.image else "test-card"
         self.samples = tuple(Sample(i, config.seed + i, image, name) for i in range(config.samples))
@@ -75,7 +74,8 @@ class SvdBench:
         config = self.config
         strategy, compiled = split_label(label)
         run = config.run_options("dp" if strategy == BASELINE else strategy, gpus)
-        placement = place(run, config.total_steps, default_gpus=gpus, frames=self.size[0])
+        frames = self.size[0] if self.source.family == "svd" else None  # Wan's sp splits tokens, not frames
+        placement = place(run, config.total_steps, default_gpus=gpus, frames=frames)
         if strategy == BASELINE:
             job = DiffusersBaselineJob(self.source, self.params, placement.dtype, self.samples, config.warmup_samples,
                                        compiled)
@@ -93,13 +93,9 @@ class SvdBench:
         return report
 
     def analytic_bytes(self, placement) -> list[int]:
-        """`models/svd/cost.py`'s figure for every rank (groups repeat), beside the measured one."""
-        from vidpipe.models.svd.adapter import _config, size_multiple
-
-        factor = size_multiple(self.source)[1]
-        per_group = svd_bytes_per_step(
-            placement.plan, _config(self.source, "unet"), 2, self.size[0], self.size[1] // factor,
-            self.size[2] // factor, DTYPES[placement.dtype].itemsize)
+        """The family's `cost.py` figure for every rank (groups repeat), beside the measured one."""
+        per_group = self.family.bytes_per_step(self.source, placement.plan, self.size,
+                                               DTYPES[placement.dtype].itemsize)
         return per_group * placement.plan.groups
 
     def _verify(self, name: str, finals: dict, placement) -> dict:
@@ -180,7 +176,7 @@ def bench(config: BenchConfig) -> dict:
     if under_torchrun():
         raise UsageError("bench starts fresh processes for every run: run it directly, not under torchrun")
     device_type = resolve_device_type(config.device, 1)
-    runner = DummyBench(config) if config.is_dummy else SvdBench(config)
+    runner = DummyBench(config) if config.is_dummy else ModelBench(config)
     plan = plan_runs(config)
     summary = {
         "command": "bench", "model": config.model, "compare": list(config.compare), "gpus": list(config.gpus),

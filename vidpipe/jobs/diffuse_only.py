@@ -61,11 +61,12 @@ class DiffusersBaselineJob:
     compile_unet: bool = False  # the same regional compile as vidpipe's, on the stock pipeline's UNet
 
     def run(self, ctx: DistContext, events: EventSink):
-        from vidpipe.models.svd.adapter import SVDModel
+        from vidpipe.models.registry import family_module
 
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         # The adapter's loader builds exactly the stock pipeline object; only its __call__ is used below.
-        model = SVDModel.load(self.source, ctx.device, DTYPES[self.dtype], self.params)
+        model = family_module(self.source.family, "adapter").load_stock(self.source, ctx.device,
+                                                                        DTYPES[self.dtype], self.params)
         recorder = StepRecorder(ctx.device, events, ctx.rank)
         recorder.record.unet_param_bytes = param_bytes(model.unet)
         recorder.mark_memory("load")  # before any step runs
@@ -100,12 +101,6 @@ class DiffusersBaselineJob:
             on_step(step)
             return tensors
 
-        latents = model.pipeline(
-            sample.image, height=model.height, width=model.width, num_frames=model.num_frames,
-            num_inference_steps=p.steps, fps=p.fps, motion_bucket_id=p.motion_bucket_id,
-            noise_aug_strength=p.noise_aug_strength, min_guidance_scale=p.min_guidance,
-            max_guidance_scale=p.max_guidance, generator=torch.Generator("cpu").manual_seed(sample.seed),
-            output_type="latent", callback_on_step_end=step_end,
-        ).frames
+        latents = model.stock_latents(sample, step_end)
         recorder.sample_done(sample)
         return latents.to("cpu")

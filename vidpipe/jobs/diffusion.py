@@ -20,13 +20,16 @@ from vidpipe.strategies.registry import scheduler_for
 __all__ = ["build_layout", "load_model_for", "run_diffusion", "gather_to_first", "start_compiling", "warmup_samples"]
 
 
-def load_model_for(layout: Layout, source, dtype: str, params):
+def load_model_for(layout: Layout, source, dtype: str, params, samples_set_steps: bool = False):
     """The model as the plan needs it on this rank, by its family (`models/<family>/family.py load_for`): encoders
-    only where samples are encoded, a pp stage's block of steps (the experts it uses), fsdp's staging on the CPU."""
+    only where samples are encoded, a pp stage's block of steps (the experts it uses), fsdp's staging on the CPU.
+    `samples_set_steps`: the samples carry their own step counts (a job file), so a stage's block is not known
+    here and it loads every expert."""
     from vidpipe.models.registry import family_module
 
     scheduler = scheduler_for(layout.plan)
-    blocks = [scheduler.steps_of_group(params.steps, layout.plan.groups, layout.group_index)]
+    blocks = None if samples_set_steps else [
+        scheduler.steps_of_group(params.steps, layout.plan.groups, layout.group_index)]
     return family_module(source.family).load_for(layout, source, dtype, params, scheduler.needs_encoder(layout),
                                                  blocks)
 

@@ -13,6 +13,7 @@ from vidpipe.errors import UsageError
 from vidpipe.jobs.decode import decode_and_write, plan_decode, redistribute
 from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_model_for, run_diffusion
 from vidpipe.jobs.run import place, run_with_display
+from vidpipe.jobspec import expand, read_job_file
 from vidpipe.metrics import mark_memory, reset_memory_peak, timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import family_module, resolve_model
@@ -56,7 +57,9 @@ class GenerateJob:
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         layout = build_layout(ctx, self.plan)
-        model = load_model_for(layout, self.source, self.dtype, sampling_params(self.config, self.source, self.size))
+        own_steps = any(sample.params is not None for sample in self.samples)  # a job file's samples
+        model = load_model_for(layout, self.source, self.dtype, sampling_params(self.config, self.source, self.size),
+                               samples_set_steps=own_steps)
         samples = list(self.samples)
         finals, record = run_diffusion(layout, model, samples, self.config.warmup_samples, events,
                                        self.config.run.compile, every_step=self.config.run.verbose)
@@ -143,26 +146,14 @@ def plan_images(config: GenerateConfig, source) -> RunPlan:
 
 def plan_job_file(config: GenerateConfig, source) -> RunPlan:
     """`--jobs FILE.jsonl`: each line a job with its own image, options and sweep (the command's options are the
-    defaults); job `id`'s files go to OUT/id/. `--resume` skips every sample, so every id, already finished."""
-    from vidpipe.parallel.plan import ParallelPlan
-    from vidpipe.serve.jobspec import expand, read_job_file
-
-    defaults = {"samples": config.samples, "seed": config.seed, "steps": config.steps, "frames": config.frames,
-                "height": config.height, "width": config.width, "fps": config.fps,
-                "motion_bucket_id": config.motion_bucket_id, "noise_aug_strength": config.noise_aug_strength,
-                "min_guidance": config.min_guidance, "max_guidance": config.max_guidance,
-                "format": ",".join(config.formats), "save_latents": config.save_latents}
-    if config.decode_chunk_size != GenerateConfig.decode_chunk_size:
-        defaults["decode_chunk_size"] = config.decode_chunk_size
-    defaults = {k: v for k, v in defaults.items() if v is not None}
+    defaults; the model's family builds each sample's parameters); job `id`'s files go to OUT/id/. `--resume`
+    skips every sample, so every id, already finished."""
     out = Path(config.out)
     samples, targets, inputs, info, existing = [], {}, {}, {}, []
     for entry in read_job_file(config.jobs_path):
         image = media.load_image(Path(entry.image))
-        options = {**defaults, **entry.options}
-        if entry.sweep and "samples" not in entry.options:
-            options.pop("samples")  # a sweep gives one sample per entry
-        specs, kinds = expand(options, entry.sweep, source, ParallelPlan("dp", 1),
+        # NOTE: checked here on one rank; generate checks every sample against the plan once it is placed.
+        specs, kinds = expand(entry.options, entry.sweep, source, ParallelPlan("dp", 1), config,
                               f"{config.jobs_path} job {entry.id}: ")
         stem = Path(entry.image).stem
         media.check_output_dir(out / entry.id)
@@ -199,8 +190,7 @@ def generate(config: GenerateConfig) -> dict | None:
     placement = place_generate(config, source, len(run.samples), run.size)
     for sample in run.samples:  # each job's own steps and frames against the plan (sp, pp, cfg)
         if sample.params is not None:
-            p = sample.params
-            placement.plan.check_job(p.steps, p.frames, p.max_guidance > 1)
+            family_module(source.family).check_job(placement.plan, sample.params)
 
     # 2. Run; the manifest gets a line as each sample's files land, so even a crashed run says what it finished.
     manifest = Path(config.out) / "manifest.jsonl"
@@ -251,6 +241,7 @@ def _report(config, placement, source, run: RunPlan, result) -> dict:
     tl = timeline(result["records"])
     rows = {row["index"]: row for row in result["rows"]}
     samples, size = run.samples, run.size
+    job_fields = family_module(source.family).job_fields(source)  # a job file's samples: their own options
     report = run_report(
         "generate", config.model, placement.plan.name, placement.plan, spec, placement.dtype, config.steps,
         [s.seed for s in samples], config.warmup_samples, result["records"],
@@ -262,7 +253,7 @@ def _report(config, placement, source, run: RunPlan, result) -> dict:
          "files": rows[s.index]["files"], "latency_s": tl.latency_s[s.index],
          "finished_at_s": tl.completion_s[s.index], "decode_s": rows[s.index]["decode_s"],
          "decoded_on_rank": rows[s.index]["rank"], "decoded_on_ranks": rows[s.index]["decoded_on_ranks"],
-         **({"steps": s.params.steps, "motion_bucket_id": s.params.motion_bucket_id, "fps": s.params.fps}
+         **({"steps": s.params.steps, **{name: getattr(s.params, name) for name in job_fields}}
             if s.params is not None else {})}
         for s in samples
     ]

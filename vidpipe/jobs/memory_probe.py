@@ -11,10 +11,8 @@ the smallest visible GPU's memory, read with nvidia-smi: the launcher creates no
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-
-import torch
 
 from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
@@ -50,29 +48,28 @@ class ProbeJob:
 
     def run(self, ctx: DistContext, events: EventSink):
         from vidpipe import media
-        from vidpipe.models.svd.adapter import SVDParams
+        from vidpipe.models.registry import family_module
 
         # NOTE: a fresh process: CUDA's peak counter starts at zero, so the "load" mark is the load's own peak.
         record = RankRecord(rank=ctx.rank)
         events.emit(PhaseStarted(ctx.rank, phase="load"))
-        params = SVDParams(steps=PROBE_STEPS, frames=self.frames, height=self.height, width=self.width,
-                           decode_chunk_size=self.decode_chunk_size)
+        params = family_module(self.source.family).bench_params(PROBE_STEPS, (self.frames, self.height, self.width))
+        if hasattr(params, "decode_chunk_size") and self.source.family == "svd":
+            params = replace(params, decode_chunk_size=self.decode_chunk_size)
         layout = build_layout(ctx, self.plan)
         encodes = scheduler_for(self.plan).needs_encoder(layout)
         model = load_model_for(layout, self.source, self.dtype, params)
         parallelize(model, layout)
         record.unet_param_bytes = param_bytes(model.unet)
-        resident = sum(param_bytes(m) for m in (model.unet, model.pipeline.vae, model.pipeline.image_encoder))
+        pipe = model.pipeline
+        resident = sum(param_bytes(getattr(pipe, name, None)) for name in
+                       ("unet", "transformer", "transformer_2", "vae", "image_encoder", "text_encoder"))
         mark_memory(ctx.device, record, "load")
 
         # Encode where the plan encodes; elsewhere the state arrives from another rank: same tensors.
         events.emit(PhaseStarted(ctx.rank, phase="encode"))
         sample = Sample(0, 0, media.test_card(self.width, self.height), "probe")
-        if encodes:
-            state = model.encode(sample)
-        else:
-            state = {k: torch.zeros(s.shape, dtype=s.dtype, device=ctx.device) for k, s in model.state_spec().items()
-                     if k != "sampling"}
+        state = model.encode(sample) if encodes else model.placeholder_state(sample)
         mark_memory(ctx.device, record, "encode")
 
         # One step is one UNet call at full size: the peak of any number of steps. Every rank calls it, so
@@ -103,13 +100,13 @@ class Probe:
 
 class Prober:
     def __init__(self, config: MemoryProbeConfig):
-        from vidpipe.models.registry import resolve_model
-        from vidpipe.models.svd.adapter import default_size, size_multiple
+        from vidpipe.models.registry import family_module, resolve_model
 
         self.config = config
         self.source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-        self.default = default_size(self.source)
-        self.multiple = size_multiple(self.source)[0]
+        self.family = family_module(self.source.family)
+        self.default = self.family.default_size(self.source)
+        self.multiple = self.family.pixel_multiple(self.source)
         self.device_type = resolve_device_type(config.device, 1)
         if config.budget_gb is not None:
             self.budget_gb, self.budget_source = config.budget_gb, "--budget-gb"
@@ -119,12 +116,10 @@ class Prober:
             self.budget_gb, self.budget_source = None, None
 
     def probes(self) -> list[Probe]:
-        from vidpipe.models.svd.adapter import check_size
-
         result = []
         for size in self.config.sizes:
             height, width = size or self.default[1:]
-            check_size(self.source, None, height, width)
+            self.family.resolve_size(self.source, None, height, width)  # checks the sizes
             for frames in self.config.frames:
                 for strategy in self.config.strategies:
                     for gpus in self.config.gpus:

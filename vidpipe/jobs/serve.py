@@ -3,9 +3,10 @@
 Samples come from the parent through **feeds**: one queue per group that starts samples (every `dp` group; the
 first `pp` stage), read by the group's leader and broadcast to its other ranks. A `pp` stage hands each sample to
 the next with a small header first (what the sample is, its shape), so samples of consecutive jobs, with their
-own seeds, sizes and guidance, flow through the stages back to back: the pipeline never drains between jobs. The
-group that finishes a sample decodes it at once (its chunks split over the group's ranks) and its leader writes
-the files. The UNet stays loaded: a server decodes beside it (`--vae-device cpu` moves the VAE off the GPU).
+own seeds, sizes and guidance (SVD's motion, Wan's prompts), flow through the stages back to back: the pipeline
+never drains between jobs. The group that finishes a sample decodes it at once (SVD's chunks split over the group's
+ranks; a Wan video whole, on the group's first rank) and its leader writes the files. The denoiser stays loaded: a
+server decodes beside it (`--vae-device cpu` moves the VAE off the GPU).
 
 Cancelling: the parent sends the job's id to every rank's control queue; at each step boundary the group's
 leader decides from its own view and tells its group, so the ranks of a group stop at the same step.
@@ -25,9 +26,10 @@ import torch.distributed as dist
 
 from vidpipe import media
 from vidpipe.jobs.decode import DecodePart, DecodeTask, gather_frames, write_sample
-from vidpipe.jobs.diffusion import build_layout, load_model_for
+from vidpipe.jobs.diffusion import build_layout
 from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import Sample
+from vidpipe.models.registry import family_module
 from vidpipe.models.source import ModelSource
 from vidpipe.parallel.compile import apply_compile
 from vidpipe.parallel.layout import Layout
@@ -36,6 +38,7 @@ from vidpipe.parallel.plan import ParallelPlan, chunk_ranges
 from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, FramesDecoded, SampleCancelled, SampleDone, StageReached
 from vidpipe.runtime.forkserver import DEFAULT_PRELOAD
+from vidpipe.strategies.registry import scheduler_for
 from vidpipe.strategies.schedule import steps_for_rank
 
 #: An idle feed sends a tick this often, so that ranks waiting in a collective never reach its timeout.
@@ -56,7 +59,7 @@ class ServeSample:
     seed: int
     image_path: str
     image_name: str
-    params: object  # SVDParams with every size resolved
+    params: object  # the family's parameters (SVDParams, WanParams), every size resolved
     fps: int
     targets: dict  # format -> path
     input_target: str | None = None
@@ -71,7 +74,7 @@ class ServeJob:
     source: ModelSource
     dtype: str
     plan: ParallelPlan
-    params: object  # SVDParams: the defaults the model is loaded with
+    params: object  # a job's defaults (the family's parameters): what the model is loaded with
     feeds: tuple  # one queue per feed group, in group order
     controls: tuple  # one queue per rank
     compile_unet: bool = False
@@ -79,7 +82,10 @@ class ServeJob:
 
     def run(self, ctx: DistContext, events: EventSink):
         layout = build_layout(ctx, self.plan)
-        model = load_model_for(layout, self.source, self.dtype, self.params)
+        # NOTE: blocks None: jobs choose their own steps, so a pp stage loads every expert any block may use.
+        encoders = scheduler_for(self.plan).needs_encoder(layout)
+        model = family_module(self.source.family).load_for(layout, self.source, self.dtype, self.params, encoders,
+                                                           None)
         parallelize(model, layout)
         if self.compile_unet:
             apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
@@ -222,20 +228,21 @@ class ServeRank:
             raise SampleCancelledError(item.job)
 
     def _decode_and_write(self, item: ServeSample, sample: Sample, latents: torch.Tensor) -> None:
-        """The group decodes its sample's chunks, one range of chunks per rank; the leader writes the files."""
+        """The group decodes its sample: SVD's decode chunks split over its ranks, one range each; a video that
+        decodes whole (Wan's causal VAE: `decode_units` (1, 1)) on the group's first rank. The leader writes."""
         p = item.params
         ranks = self.layout.group_ranks(self.layout.group_index)
-        ranges = chunk_ranges(p.frames, p.decode_chunk_size, len(ranks))
-        task = DecodeTask(0, tuple(DecodePart(rank, frames) for rank, frames in zip(ranks, ranges, strict=False)))
+        units, per_chunk = self.model.decode_units(sample)
+        ranges = chunk_ranges(units, per_chunk, len(ranks))
+        task = DecodeTask(0, tuple(DecodePart(rank, part) for rank, part in zip(ranks, ranges, strict=False)))
         part = next((x for x in task.parts if x.rank == self.ctx.rank), None)
-        decoded = None
-        if part is not None:
-            decoded = self.model.decode(latents[:, part.frames.start : part.frames.stop].cpu(), p.decode_chunk_size)
-            self.events.emit(FramesDecoded(self.ctx.rank, sample=item.uid, frames=len(decoded),
-                                           total_frames=p.frames))
         if part is None:
             return
-        frames = gather_frames(self.ctx, task, decoded, (p.height, p.width, 3)) if len(task.parts) > 1 else decoded
+        whole = len(task.parts) == 1
+        mine = latents if whole else latents[:, part.frames.start : part.frames.stop]
+        decoded = self.model.decode(mine.cpu(), p.decode_chunk_size)
+        self.events.emit(FramesDecoded(self.ctx.rank, sample=item.uid, frames=len(decoded), total_frames=p.frames))
+        frames = decoded if whole else gather_frames(self.ctx, task, decoded, (p.height, p.width, 3))
         if self.ctx.rank != task.writer:
             return
         for path in list(item.targets.values()) + ([item.input_target] if item.input_target else []):

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 
@@ -14,15 +14,10 @@ from vidpipe.jobs.run import place, run_with_display
 from vidpipe.metrics import timeline
 from vidpipe.models.base import Sample
 from vidpipe.models.svd.architecture import temporal_layers
-from vidpipe.models.svd.cost import (
-    GPU_COLLECTIVE_LATENCY_S,
-    GPU_LINK_BYTES_PER_S,
-    predicted_gpu_step_s,
-    split_bytes_per_step,
-    svd_bytes_per_step,
-)
+from vidpipe.models.svd.cost import split_bytes_per_step, svd_bytes_per_step
 from vidpipe.models.svd.simulator import DummyModel, DummyParams, svd_unet_config
 from vidpipe.models.svd.simulator_temporal import STAND_IN_NORM_GROUPS, stand_in_layout
+from vidpipe.parallel.gpu_model import gpu_model_figures, gpu_model_line
 from vidpipe.parallel.plan import ParallelPlan, frame_split
 from vidpipe.report import (
     assignment_table,
@@ -39,6 +34,9 @@ from vidpipe.runtime.events import EventSink, PhaseStarted
 from vidpipe.runtime.forkserver import SIMULATE_PRELOAD
 from vidpipe.verify import compare_finals
 
+#: The SVD stand-in's name; a Wan stand-in takes its flavor's (`SimulateConfig.MODELS`).
+DUMMY = "dummy"
+WAN_SIMULATOR = "vidpipe.models.wan.simulator"
 #: Ranks when --gpus is not given (and not under torchrun): enough to show a pipeline.
 DEFAULT_GPUS = 2
 
@@ -52,6 +50,28 @@ def dummy_params(config: SimulateConfig, plan: ParallelPlan, step_ms: float | No
     )
 
 
+def build_model(config: SimulateConfig, plan: ParallelPlan, device, dtype: str, step_ms: float | None = None):
+    """The stand-in `config.model` names: SVD's (`dummy`) or a Wan flavor's (`models/wan/simulator.py`)."""
+    if config.model == DUMMY:
+        return DummyModel(dummy_params(config, plan, step_ms), device, DTYPES[dtype])
+    wan = wan_simulator()
+    params = wan.WanStandInParams(config.model, config.steps, tuple(config.latent_shape),
+                                  config.step_ms if step_ms is None else step_ms)
+    return wan.WanStandIn(params, device, DTYPES[dtype])
+
+
+def wan_simulator():
+    """`models/wan/simulator.py`, imported for Wan runs only (diffusers' Wan modules take seconds to import)."""
+    return importlib.import_module(WAN_SIMULATOR)
+
+
+def default_latent_shape(model: str) -> tuple[int, ...]:
+    """`--latent-shape` when not given: SVD-XT's at 14 x 320 x 576 for `dummy`, a Wan flavor's default video."""
+    if model in SimulateConfig.MODELS and model != DUMMY:
+        return wan_simulator().default_latent_shape(model)
+    return SimulateConfig.latent_shape  # an unknown model is refused by the config, in one line
+
+
 def samples_of(config: SimulateConfig) -> list[Sample]:
     return [Sample(index=i, seed=config.seed + i) for i in range(config.samples)]
 
@@ -61,12 +81,16 @@ class SimulateJob:
     config: SimulateConfig
     dtype: str  # resolved: fp32 | fp16 | bf16
     plan: ParallelPlan
-    preload: ClassVar[tuple[str, ...]] = SIMULATE_PRELOAD
+
+    @property
+    def preload(self) -> tuple[str, ...]:
+        """What the worker server imports for the ranks: the Wan stand-in's modules only for a Wan run."""
+        return SIMULATE_PRELOAD + (() if self.config.model == DUMMY else (WAN_SIMULATOR,))
 
     def run(self, ctx: DistContext, events: EventSink):
         events.emit(PhaseStarted(ctx.rank, phase="load"))
         layout = build_layout(ctx, self.plan)
-        model = DummyModel(dummy_params(self.config, self.plan), ctx.device, DTYPES[self.dtype])
+        model = build_model(self.config, self.plan, ctx.device, self.dtype)
         finals, record = run_diffusion(layout, model, samples_of(self.config), self.config.warmup_samples, events,
                                        every_step=self.config.run.verbose)
         gathered = gather_to_first(ctx, (record, finals))
@@ -85,7 +109,7 @@ def verify(config: SimulateConfig, plan: ParallelPlan, dtype: str, device_type: 
     step (cfg, sp) sum some things in another order, so fp32 within 1e-4 (relative when above 1); elsewhere
     (GPU kernels, half precision) a small tolerance.
     """
-    reference_model = DummyModel(dummy_params(config, plan, step_ms=0.0), torch.device("cpu"), DTYPES[dtype])
+    reference_model = build_model(config, plan, torch.device("cpu"), dtype, step_ms=0.0)
     expected = {
         sample.index: reference_model.denoise(reference_model.encode(sample), range(config.steps))
         for sample in samples_of(config)
@@ -96,7 +120,11 @@ def verify(config: SimulateConfig, plan: ParallelPlan, dtype: str, device_type: 
 
 
 def analytic_bytes(config: SimulateConfig, plan: ParallelPlan, dtype: str) -> list[int]:
-    """What cfg/sp should send per step from each rank, from `models/svd/cost.py` and the stand-ins' layout."""
+    """What cfg/sp should send per step from each rank, from the family's `cost.py` and the stand-ins' layout."""
+    if config.model != DUMMY:
+        per_group = wan_simulator().stand_in_bytes_per_step(config.model, plan, config.latent_shape,
+                                                            DTYPES[dtype].itemsize)
+        return per_group * plan.groups
     batch, channels, frames, height, width = config.latent_shape
     layers = stand_in_layout(temporal_layers(svd_unet_config())) if plan.sp > 1 else []
     per_group = split_bytes_per_step(plan, layers, STAND_IN_NORM_GROUPS, channels, 2 * batch, frames, height, width,
@@ -106,14 +134,19 @@ def analytic_bytes(config: SimulateConfig, plan: ParallelPlan, dtype: str) -> li
 
 def run_simulation(config: SimulateConfig) -> dict | None:
     """Launch the ranks, measure, verify: the report (None on torchrun ranks other than 0). Prints nothing."""
-    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS, frames=config.latent_shape[2])
+    wan = config.model != DUMMY
+    # NOTE: sp splits SVD's frames but Wan's tokens: Wan's check is on the tokens of the latent.
+    placement = place(config.run, config.steps, default_gpus=DEFAULT_GPUS,
+                      frames=None if wan else config.latent_shape[2])
+    if wan:
+        wan_simulator().check_latent_shape(config.model, config.latent_shape, placement.plan)
     job = SimulateJob(config, placement.dtype, placement.plan)
     result = run_with_display(job, placement, config.samples, config.run.verbose)
     if result is None:
         return None
     spec = placement.spec
     report = run_report(
-        "simulate", "dummy", config.run.strategy, placement.plan, spec, placement.dtype, config.steps,
+        "simulate", config.model, config.run.strategy, placement.plan, spec, placement.dtype, config.steps,
         [config.seed + i for i in range(config.samples)], config.warmup_samples, result["records"],
         latent_shape=list(config.latent_shape), step_ms=config.step_ms,
     )
@@ -127,29 +160,20 @@ def run_simulation(config: SimulateConfig) -> dict | None:
 
 
 def gpu_model(config: SimulateConfig, plan: ParallelPlan, report: dict) -> dict:
-    """What this plan would give on GPUs, from the model in `models/svd/cost.py`: the emulated kernel shrinks with
-    the rank's share of the work, and every collective the run really made (counted) costs NCCL-like latency plus
-    SVD-XT's real bytes at this latent shape (fp16) over a GPU link. This machine's gloo, with more processes than
-    cores, takes milliseconds per collective: the measured figures show that, the model shows GPUs."""
+    """What this plan would give on GPUs (`parallel/gpu_model.py`): the emulated kernel shrinks with the rank's
+    share of the work, and every collective costs NCCL-like latency plus the real model's bytes at this latent
+    shape over a GPU link. SVD: the collectives the run really made (counted), SVD-XT's bytes in fp16; Wan: the
+    real transformer's counts and bytes in bf16 (`models/wan/simulator.py wan_gpu_model`). This machine's gloo,
+    with more processes than cores, takes milliseconds per collective: the measured figures show that, the model
+    shows GPUs."""
+    if config.model != DUMMY:
+        return wan_simulator().wan_gpu_model(config.model, plan, config.latent_shape, config.step_ms)
     batch, _channels, frames, height, width = config.latent_shape
     share = (1 / plan.cfg) * max(frame_split(frames, plan.sp)) / frames
     calls = max(report["split_comm_calls_per_step_per_rank"])
     svd_bytes = max(svd_bytes_per_step(plan, svd_unet_config(), 2 * batch, frames, height, width, 2))
-    step_s = config.step_ms / 1000
-    predicted = predicted_gpu_step_s(step_s, share, calls, svd_bytes)
-    return {
-        "predicted_step_s": predicted,
-        "predicted_latency_speedup": step_s / predicted,
-        "work_share": share,
-        "collectives_per_step": calls,
-        "svd_xt_bytes_per_step": svd_bytes,
-        "assumptions": (
-            f"kernel time x work share ({share:.3f}); {GPU_COLLECTIVE_LATENCY_S * 1e6:.0f} us per collective "
-            f"({calls:g} per step, as counted); SVD-XT's bytes at latent {frames}x{height}x{width}, fp16 "
-            f"({svd_bytes / 1e6:.1f} MB per step) at {GPU_LINK_BYTES_PER_S / 1e9:.0f} GB/s; no overlap of "
-            "communication with compute; kernels as efficient on a share of the work as on all of it"
-        ),
-    }
+    return gpu_model_figures(config.step_ms / 1000, share, calls, svd_bytes,
+                             f"SVD-XT's bytes at latent {frames}x{height}x{width}, fp16", ", as counted")
 
 
 def simulate(config: SimulateConfig) -> dict | None:
@@ -161,10 +185,14 @@ def simulate(config: SimulateConfig) -> dict | None:
         stderr_console.print(table)
     if "gpu_model" in report:
         model = report["gpu_model"]
-        stderr_console.print(
-            f"GPU model (a model, not a measurement): one step {model['predicted_step_s'] * 1000:.1f} ms, latency "
-            f"speed-up {model['predicted_latency_speedup']:.2f}x over one GPU; assumes {model['assumptions']}",
-            highlight=False, markup=False)
+        stderr_console.print(gpu_model_line(model), highlight=False, markup=False)
+        if "published" in model:
+            ours = " / ".join(f"{speedup:.2f}x" for speedup in model["published_plans"].values())
+            stderr_console.print(
+                f"For reference, Wan's own published figures (their measurements, not ours): {model['published']}. "
+                f"This model of their plans (Ulysses over all G GPUs = our spG, no cfg split; their FSDP's "
+                f"parameter gathers not modelled) at this step time: {ours} on 2 / 4 / 8 GPUs",
+                highlight=False, markup=False)
     write_json(report, config.json_path)
     if not report["verified"]:
         raise VidpipeError(

@@ -195,12 +195,12 @@ def _fetch(repo_id: str, offline: bool, cache_dir: Path | None) -> Path:
             )
         )
 
-    index = Path(snapshot_download(repo_id, allow_patterns=["model_index.json"], local_files_only=offline,
-                                   cache_dir=cache_dir)) / "model_index.json"
+    index = Path(snapshot_download(repo_id, allow_patterns=["model_index.json"], ignore_patterns=None,
+                                   local_files_only=offline, cache_dir=cache_dir)) / "model_index.json"
     if index.is_file() and FAMILIES.get(json.loads(index.read_text()).get("_class_name")) == "wan":
         # Wan repos publish one precision, in shards: every component folder's configs and weights.
-        return Path(snapshot_download(repo_id, allow_patterns=WAN_PATTERNS, local_files_only=offline,
-                                      cache_dir=cache_dir))
+        return Path(snapshot_download(repo_id, allow_patterns=WAN_PATTERNS, ignore_patterns=None,
+                                      local_files_only=offline, cache_dir=cache_dir))
     try:
         path = snapshot([f"{c}/*.fp16*.safetensors" for c in WEIGHTED_COMPONENTS])
         missing = [c for c in WEIGHTED_COMPONENTS if not _has_weights(path / c, fp16=True)]

@@ -4,6 +4,9 @@ every family package, so that neither imports the other."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,3 +45,33 @@ def quiet_saving():
     finally:
         if bars_were_on:
             transformers_logging.enable_progress_bar()
+
+
+def build_once(name: str, cache_dir: Path | None, build: Callable[[Path], object]) -> Path:
+    """`cache_dir/name` (default: the vidpipe cache), made by `build(directory)` if it is not there yet.
+
+    Written to a temporary directory and renamed into place: a concurrent or interrupted build never leaves half a
+    model, and a build that lost the race to an identical one is simply dropped. The path is absolute, so that
+    workers find it whatever their working directory.
+    """
+    from vidpipe.errors import UsageError
+
+    root = (Path(cache_dir) if cache_dir is not None else default_cache_root()).expanduser().absolute()
+    target = root / name
+    if (target / "model_index.json").is_file():
+        return target
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
+    except OSError as error:
+        raise UsageError(f"cannot write the model {name} under {root}: {error}; pass a writable cache dir") from error
+    try:
+        with quiet_saving():
+            build(tmp)
+        os.rename(tmp, target)
+    except OSError as error:
+        if not (target / "model_index.json").is_file():  # another process's identical build did not land either
+            raise UsageError(f"cannot write the model {name} to {target}: {error}; free disk space") from error
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

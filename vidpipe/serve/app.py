@@ -24,8 +24,8 @@ from starlette.datastructures import UploadFile
 
 from vidpipe import __version__, media
 from vidpipe.errors import UsageError
+from vidpipe.jobspec import expand, parse_options, parse_sweep
 from vidpipe.serve.engine import Engine, QueueFull
-from vidpipe.serve.jobspec import expand, parse_options, parse_sweep
 from vidpipe.serve.store import FINISHED, JobRecord, now
 
 #: Seconds between two looks at a job's progress for its event stream, and between two keep-alive comments.
@@ -38,7 +38,8 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 class ApiSettings:
     token: str | None
     max_upload_bytes: int
-    source: object  # ModelSource: job sizes resolve against the served model
+    source: object  # ModelSource: its family builds each sample's parameters, sizes resolve against it
+    base: object  # GenerateConfig: what a job starts from (`jobspec.job_base`)
 
 
 class ApiError(Exception):
@@ -158,7 +159,7 @@ async def _accept(request: Request, job_id: str, folder: Path, engine: Engine, s
         fields = {k: v for k, v in form.items() if k not in ("image", "sweep")}
         options = parse_options(fields)
         sweep = parse_sweep(form["sweep"]) if form.get("sweep") else None
-        specs, formats = expand(options, sweep, settings.source, engine.plan)
+        specs, formats = expand(options, sweep, settings.source, engine.plan, settings.base)
     except UsageError as error:
         message = str(error).replace(str(image_path), f"'{upload.filename or 'image'}'")
         raise ApiError(422, message) from None

@@ -21,6 +21,7 @@ from pathlib import Path
 from vidpipe import media
 from vidpipe.errors import RankFailed
 from vidpipe.jobs.serve import STOP, ServeJob, ServeSample
+from vidpipe.jobspec import PER_JOB, SampleSpec, model_fields
 from vidpipe.runtime.events import (
     FilesWritten,
     FramesDecoded,
@@ -33,7 +34,6 @@ from vidpipe.runtime.events import (
 )
 from vidpipe.runtime.forkserver import CONTEXT
 from vidpipe.runtime.launch import RankGroup
-from vidpipe.serve.jobspec import SampleSpec
 from vidpipe.serve.store import JobRecord, JobStore, now
 
 #: How often a running job's progress is written to the store (its state changes are written at once).
@@ -49,7 +49,7 @@ class ServeSettings:
     source: object  # ModelSource
     model_name: str
     placement: object  # jobs.run.Placement: launch spec, dtype, plan
-    params: object  # SVDParams the ranks load with (default sizes)
+    params: object  # the family's parameters the ranks load with: a job's defaults (SVDParams, WanParams)
     out: Path
     max_queue: int = 100
     compile_unet: bool = False
@@ -71,6 +71,7 @@ class Engine:
         self.settings = settings
         self.store = store
         self.plan = settings.placement.plan
+        self.fields = model_fields(settings.source)  # what a job for the served model may set
         self.world_size = settings.placement.spec.world_size
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
@@ -107,8 +108,13 @@ class Engine:
         for record in self.store.unfinished():  # a restarted server runs what it had not finished, in order
             record.status, record.started_at, record.samples_done, record.steps_done = "queued", None, 0, 0
             record.files, record.latencies_s, record.first_step_at = [], [], None
+            try:
+                self._enqueue(record)
+            except TypeError:  # its samples were made for a model of another family than this server's
+                record.status, record.finished_at = "failed", now()
+                record.error = (f"this job was made for another model than {self.settings.model_name}; the server "
+                                "restarted with it: submit the job again")
             self.store.save(record)
-            self._enqueue(record)
         self._thread.start()
 
     def stop(self) -> None:
@@ -198,13 +204,12 @@ class Engine:
             self.changed.notify_all()
 
     def _enqueue(self, record: JobRecord) -> None:
-        from vidpipe.models.svd.adapter import SVDParams
-
         folder = self.job_dir(record.id)
         formats = record.request["_formats"]
+        params_type = type(self.settings.params)  # the served family's
         samples = []
         for spec in record.request["_samples"]:
-            params = SVDParams(**spec["params"])
+            params = params_type(**spec["params"])
             stem = media.sample_stem(record.image_name, spec["index"], spec["seed"])
             targets = {kind: str(path) for kind, path in media.output_paths(folder, stem, formats).items()}
             input_target = str(folder / f"{record.image_name}_input.png") if spec["index"] == 0 else None
@@ -353,16 +358,17 @@ class Engine:
                 "restarts": self.restarts,
                 "last_error": self.last_error,
                 "rank_status": [dict(status, rank=rank) for rank, status in enumerate(self.rank_status)],
+                "family": self.settings.source.family,
+                "fields": list(self.fields),
                 "defaults": self.defaults(),
             }
 
     def defaults(self) -> dict:
-        """A job's options when it gives none (the page fills its form with them)."""
+        """A job's options when it gives none (the page fills its form with them); a field whose default follows
+        another (Wan's guidance_scale_2: guidance_scale) is left out."""
         p = self.settings.params
-        return {"samples": 1, "seed": 0, "steps": p.steps, "frames": p.frames, "height": p.height, "width": p.width,
-                "fps": p.fps, "motion_bucket_id": p.motion_bucket_id, "noise_aug_strength": p.noise_aug_strength,
-                "min_guidance": p.min_guidance, "max_guidance": p.max_guidance,
-                "decode_chunk_size": min(4, p.frames), "format": "mp4"}
+        values = {name: getattr(p, name, None) for name in self.fields if name not in (*PER_JOB, "seed")}
+        return {"samples": 1, "seed": 0, **{k: v for k, v in values.items() if v is not None}, "format": "mp4"}
 
     def _job_of(self, uid: int) -> str | None:
         return self.job_of_uid.get(uid)

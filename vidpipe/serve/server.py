@@ -19,8 +19,9 @@ DEFAULT_GPUS = 1
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    from vidpipe.models.registry import resolve_model
-    from vidpipe.models.svd.adapter import SVDParams, default_size
+    from vidpipe.jobspec import job_base
+    from vidpipe.models.registry import family_module, resolve_model
+    from vidpipe.parallel.plan import ParallelPlan
     from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
     from vidpipe.runtime.launch import under_torchrun
     from vidpipe.serve.app import ApiSettings, create_app
@@ -30,19 +31,26 @@ def serve(config: ServeConfig) -> None:
     if under_torchrun():
         raise UsageError("serve starts and restarts its own ranks: run it directly, not under torchrun")
     source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-    frames, height, width = default_size(source)
+    family = family_module(source.family)
+    # A job starts from generate's defaults, completed by the model's family, and the server's own devices.
+    given = {"text_encoder_device"} if config.text_encoder_device is not None else set()
+    base = job_base(model=config.model, vae_device=config.vae_device,
+                    text_encoder_device=config.text_encoder_device or "gpu", given=frozenset(given))
     run = config.run
     if run.gpus is None:
         device_type = resolve_device_type(run.device, 1)
         run = replace(run, gpus=cuda_device_count() if device_type == "cuda" else DEFAULT_GPUS)
-    placement = place(run, max(25, run.plan(run.gpus).groups), default_gpus=DEFAULT_GPUS, frames=frames)
+    plan = run.plan(run.gpus)
+    # The ranks load with a job's defaults (a job of no options); jobs may choose more steps than a pp plan's stages.
+    params = family.job_params(base, source, ParallelPlan("dp", 1))
+    family.check_job(plan, replace(params, steps=max(params.steps, plan.groups)))
+    placement = place(run, max(params.steps, plan.groups), default_gpus=DEFAULT_GPUS)
     out = Path(config.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     sock = _bind(config.host, config.port)
     store = JobStore(out / "jobs.sqlite3")
-    params = SVDParams(steps=25, frames=frames, height=height, width=width, vae_device=config.vae_device)
     engine = Engine(ServeSettings(source, config.model, placement, params, out, config.max_queue, run.compile), store)
-    app = create_app(engine, ApiSettings(config.token, int(config.max_upload_mb * 1024 * 1024), source))
+    app = create_app(engine, ApiSettings(config.token, int(config.max_upload_mb * 1024 * 1024), source, base))
     host, port = sock.getsockname()[:2]
     stderr_console.print(
         f"vidpipe serve: http://{host}:{port}/ (plan {placement.plan.name}, model {config.model}, "

@@ -346,6 +346,23 @@ class SVDModel:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def placeholder_state(self, sample: Sample) -> SampleState:
+        """Zeros of a sample's state shapes, for a rank that does not encode (memory-probe): the same memory."""
+        return {k: torch.zeros(s.shape, dtype=s.dtype, device=s.device_for(self.device))
+                for k, s in self.sample_spec(sample).items() if k != "sampling"}
+
+    def stock_latents(self, sample: Sample, step_end) -> torch.Tensor:
+        """The stock pipeline's own `__call__` on `sample`, latents out (bench's baseline row); `step_end` is its
+        `callback_on_step_end`."""
+        p = self.params_of(sample)
+        return self.pipeline(
+            sample.image, height=p.height, width=p.width, num_frames=p.frames, num_inference_steps=p.steps, fps=p.fps,
+            motion_bucket_id=p.motion_bucket_id, noise_aug_strength=p.noise_aug_strength,
+            min_guidance_scale=p.min_guidance, max_guidance_scale=p.max_guidance,
+            generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="latent",
+            callback_on_step_end=step_end,
+        ).frames
+
     def decode_units(self, sample: Sample) -> tuple[int, int]:
         """(frames, decode chunk size): phase 2 may decode one video's chunks on several ranks (each chunk is
         decoded on its own by the pipeline, so the split changes nothing)."""
@@ -369,3 +386,8 @@ class SVDModel:
         """The input image resized as the VAE sees it (height x width), e.g. for `{stem}_input.png`."""
         p = self.params_of(sample)
         return self.pipeline.video_processor.resize(_rgb(sample.image), p.height, p.width)
+
+
+def load_stock(source: ModelSource, device: torch.device, dtype: torch.dtype, params: SVDParams) -> SVDModel:
+    """Everything on one device, for the stock pipeline's `__call__` (bench's baseline row)."""
+    return SVDModel.load(source, device, dtype, params)

@@ -77,14 +77,3 @@ def _level_size(size: int, level: int) -> int:
         size = (size + 1) // 2  # a stride-2 conv with padding 1
     return size
 
-
-#: The GPU model's communication: NCCL's latency per small collective inside one machine, and the bandwidth of a
-#: GPU-to-GPU link (NVLink 3 is 300 GB/s a direction on paper; 100 GB/s is what an all-to-all of a few MB gets).
-GPU_COLLECTIVE_LATENCY_S = 20e-6
-GPU_LINK_BYTES_PER_S = 100e9
-
-
-def predicted_gpu_step_s(step_s: float, work_share: float, calls: float, bytes_sent: float) -> float:
-    """A step of one rank on GPUs, modelled: the kernel time shrinks with the rank's share of the work, each
-    collective costs a fixed latency, and the bytes go over one link at a fixed bandwidth (no overlap)."""
-    return step_s * work_share + calls * GPU_COLLECTIVE_LATENCY_S + bytes_sent / GPU_LINK_BYTES_PER_S

@@ -39,6 +39,41 @@ def params(config, size: tuple[int, int, int]):
     )
 
 
+#: What a job (a server's, a job file's line, a sweep entry) may set per sample beyond the common options (samples,
+#: seed, steps, frames, height, width, format, save_latents), by name, with its type.
+JOB_FIELDS = {"fps": int, "motion_bucket_id": int, "noise_aug_strength": float, "min_guidance": float,
+              "max_guidance": float, "decode_chunk_size": int}
+
+
+def job_fields(source=None) -> dict[str, type]:
+    """The per-sample fields a job for `source` takes (SVD: every model the same ones)."""
+    return dict(JOB_FIELDS)
+
+
+def job_params(config, source, plan):
+    """One sample of a job: `config` holds its options over the run's (`given` names them) -> SVDParams, every size
+    resolved, checked as generate checks its flags and against `plan`. A Wan option is refused as generate
+    refuses it; the decode chunk, unless given, is at most the frame count."""
+    from dataclasses import replace
+
+    config = complete(config)
+    frames, height, width = resolve_size(source, config.frames, config.height, config.width)
+    chunk = config.decode_chunk_size
+    if "decode_chunk_size" not in config.given:
+        chunk = min(chunk, frames)
+    if chunk > frames:
+        raise UsageError(f"--decode-chunk-size {chunk}: must be between 1 and {frames} frames")
+    p = replace(params(config, (frames, height, width)), frames=frames, height=height, width=width,
+                decode_chunk_size=chunk)
+    check_job(plan, p)
+    return p
+
+
+def check_job(plan, params) -> None:
+    """What one sample must give `plan`: a step per pp stage, a frame per sp rank, guidance for cfg."""
+    plan.check_job(params.steps, params.frames, params.max_guidance > 1)
+
+
 def load_for(layout, source, dtype, params, encoders: bool, blocks: list[range] | None):
     """The SVD model as the plan needs it on this rank: the image encoder only where samples are encoded, the UNet
     left on the CPU where fsdp moves it to the device shard by shard (no rank ever holds it whole)."""
@@ -57,3 +92,27 @@ def model_size(source, dtype_bytes: int):
     counts = parameter_counts(source)
     return ModelSize(counts["unet"], counts["vae"] + counts["image_encoder"], counts["first_channels"], dtype_bytes,
                      vae_params=counts["vae"])
+
+
+def bench_params(steps: int, size: tuple[int, int, int]):
+    """The sampling parameters `bench` runs with: the pipeline's defaults at this size."""
+    from vidpipe.models.svd.adapter import SVDParams
+
+    return SVDParams(steps=steps, frames=size[0], height=size[1], width=size[2])
+
+
+def bytes_per_step(source, plan, size: tuple[int, int, int], dtype_bytes: int) -> list[int]:
+    """What cfg and sp send per step from each rank of a group (`cost.py`), for a run at `size` with guidance."""
+    from vidpipe.models.svd.adapter import _config, size_multiple
+    from vidpipe.models.svd.cost import svd_bytes_per_step
+
+    factor = size_multiple(source)[1]
+    return svd_bytes_per_step(plan, _config(source, "unet"), 2, size[0], size[1] // factor, size[2] // factor,
+                              dtype_bytes)
+
+
+def pixel_multiple(source) -> int:
+    """Heights and widths must divide by this (VAE factor x 2 per UNet down-sampling)."""
+    from vidpipe.models.svd.adapter import size_multiple
+
+    return size_multiple(source)[0]

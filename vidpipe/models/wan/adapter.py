@@ -244,6 +244,28 @@ class WanModel:
 
     # 5. Decoding.
 
+    def placeholder_state(self, sample: Sample) -> SampleState:
+        """Zeros of a sample's state shapes with a fresh solver, for a rank that does not encode (memory-probe)."""
+        p = self.params_of(sample)
+        state = {k: torch.zeros(s.shape, dtype=s.dtype, device=s.device_for(self.device))
+                 for k, s in self.sample_spec(sample).items()}
+        SolverState.initial(self.solver_order, state["latents"]).into(state)
+        state["sampling"] = torch.tensor([p.steps, *p.guidance], dtype=torch.float64)
+        return state
+
+    def stock_latents(self, sample: Sample, step_end) -> torch.Tensor:
+        """The stock pipeline's own `__call__` on `sample`, latents out (bench's baseline row); `step_end` is its
+        `callback_on_step_end`."""
+        p = self.params_of(sample)
+        two_experts = self.boundary_timestep is not None
+        return self.pipeline(
+            _rgb(sample.image), prompt=p.prompt, negative_prompt=p.negative_prompt, height=p.height, width=p.width,
+            num_frames=p.frames, num_inference_steps=p.steps, guidance_scale=p.guidance_scale,
+            guidance_scale_2=p.guidance_scale_2 if two_experts else None,
+            generator=torch.Generator("cpu").manual_seed(sample.seed), output_type="latent",
+            callback_on_step_end=step_end,
+        ).frames
+
     def decode_units(self, sample: Sample) -> tuple[int, int]:
         """(units, units per chunk) phase 2 may spread over ranks: one, as the causal VAE decodes a video frame by
         frame with a cache of the frames before, so one video decodes whole on one rank."""
@@ -255,7 +277,9 @@ class WanModel:
         its feature cache, in fp32, on one device (no tiling: tiles are blended, which changes the output)."""
         pipe = self.pipeline
         device = torch.device("cpu") if self.params.vae_device == "cpu" else self.device
-        pipe.vae.to(device, torch.float32)
+        parameter = next(pipe.vae.parameters())
+        if parameter.device != device or parameter.dtype != torch.float32:  # diffusers warns on every cast
+            pipe.vae.to(device, torch.float32)
         vae = pipe.vae.config
         latents = latents.to(device, torch.float32)
         mean = torch.tensor(vae.latents_mean).view(1, vae.z_dim, 1, 1, 1).to(latents)
@@ -267,3 +291,8 @@ class WanModel:
     def input_image(self, sample: Sample) -> PIL.Image.Image:
         p = self.params_of(sample)
         return self.pipeline.video_processor.resize(_rgb(sample.image), p.height, p.width)
+
+
+def load_stock(source, device: torch.device, dtype: torch.dtype, params: WanParams) -> WanModel:
+    """Everything on one device, for the stock pipeline's `__call__` (bench's baseline row)."""
+    return WanModel.load(source, device, dtype, params)

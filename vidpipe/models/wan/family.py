@@ -26,8 +26,6 @@ def complete(config):
     if foreign:
         raise UsageError(f"{foreign[0]} is a Stable Video Diffusion option; Wan takes --prompt, --negative-prompt, "
                          "--guidance-scale and --guidance-scale-2 instead")
-    if config.jobs_path:
-        raise UsageError("--jobs with a Wan model is not supported yet: give the image(s) on the command line")
     config = replace(config, steps=config.steps if "steps" in config.given else DEFAULT_STEPS,
                      prompt=config.prompt or "", negative_prompt=config.negative_prompt or "",
                      guidance_scale=5.0 if config.guidance_scale is None else config.guidance_scale)
@@ -49,6 +47,36 @@ def params(config, size: tuple[int, int, int]):
                      negative_prompt=config.negative_prompt, guidance_scale=config.guidance_scale,
                      guidance_scale_2=config.guidance_scale_2, text_encoder_device=config.text_encoder_device,
                      vae_device=config.vae_device)
+
+
+#: What a job (a server's, a job file's line, a sweep entry) may set per sample beyond the common options (samples,
+#: seed, steps, frames, height, width, format, save_latents), by name, with its type.
+JOB_FIELDS = {"prompt": str, "negative_prompt": str, "guidance_scale": float, "guidance_scale_2": float}
+
+
+def job_fields(source=None) -> dict[str, type]:
+    """The per-sample fields a job for `source` takes; `guidance_scale_2` only for a two-expert model (Wan 2.2
+    A14B), as only its low-noise expert uses it (None: every field the family knows)."""
+    import json
+
+    if source is None or json.loads((source.path / "model_index.json").read_text()).get("boundary_ratio"):
+        return dict(JOB_FIELDS)
+    return {name: kind for name, kind in JOB_FIELDS.items() if name != "guidance_scale_2"}
+
+
+def job_params(config, source, plan):
+    """One sample of a job: `config` holds its options over the run's (`given` names them) -> WanParams, sizes
+    resolved, checked as generate checks its flags and against `plan`. An SVD option is refused as generate
+    refuses it."""
+    config = complete(config)
+    p = params(config, resolve_size(source, config.frames, config.height, config.width))
+    check_job(plan, p)
+    return p
+
+
+def check_job(plan, params) -> None:
+    """What one sample must give `plan`: a step per pp stage, guidance for cfg (sp splits tokens, not frames)."""
+    plan.check_job(params.steps, None, params.guidance_scale > 1)
 
 
 def experts_for_steps(source, steps: int, block: range) -> tuple[str, ...]:
@@ -102,5 +130,35 @@ def model_size(source, dtype_bytes: int):
     return ModelSize(experts, counts["vae"] + encoders, max(1, width // 32), dtype_bytes, vae_params=counts["vae"])
 
 
-__all__ = ["NAME", "PIPELINE_CLASS", "complete", "default_size", "load_for", "model_size", "params", "resolve_size",
-           "uses_guidance"]
+def bench_params(steps: int, size: tuple[int, int, int]):
+    """The sampling parameters `bench` runs with: the pipeline's defaults (guidance 5.0) at this size, an empty
+    negative prompt and a fixed prompt (any text costs the same: UMT5 pads it to 512 tokens)."""
+    from vidpipe.models.wan.adapter import WanParams
+
+    return WanParams(steps=steps, frames=size[0], height=size[1], width=size[2], prompt="a video")
+
+
+def bytes_per_step(source, plan, size: tuple[int, int, int], dtype_bytes: int) -> list[int]:
+    """What cfg and sp send per step from each rank of a group (`cost.py`), for a run at `size` with guidance."""
+    import json
+
+    from vidpipe.models.wan.cost import wan_bytes_per_step
+    from vidpipe.models.wan.sizes import denoiser_config, size_factors
+
+    temporal, _multiple = size_factors(source.path)
+    vae = json.loads((source.path / "vae" / "config.json").read_text())
+    spatial = vae.get("scale_factor_spatial") or 8
+    return wan_bytes_per_step(plan, denoiser_config(source.path), (size[0] - 1) // temporal + 1, size[1] // spatial,
+                              size[2] // spatial, dtype_bytes)
+
+
+def pixel_multiple(source) -> int:
+    """Heights and widths must divide by this (VAE factor x the transformer's 2 x 2 patches)."""
+    from vidpipe.models.wan.sizes import size_factors
+
+    return size_factors(source.path)[1]
+
+
+__all__ = ["JOB_FIELDS", "NAME", "PIPELINE_CLASS", "bench_params", "bytes_per_step", "check_job", "complete",
+           "default_size", "job_fields", "job_params", "load_for", "model_size", "params", "pixel_multiple",
+           "resolve_size", "uses_guidance"]

@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -34,7 +31,7 @@ from transformers import (
 )
 
 from vidpipe.errors import UsageError
-from vidpipe.models.source import default_cache_root, quiet_saving
+from vidpipe.models.source import build_once
 
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
@@ -47,18 +44,6 @@ FULL_SIZE_FLAVORS = (
     "wan2.2-i2v-a14b-random",
     "wan2.2-ti2v-5b-random",
 )
-
-#: (frames, height, width) each flavor generates by default: the real models' training sizes (81 frames of 480p
-#: or 720p; 121 frames of 1280 x 704 for TI2V-5B); frames are 4k + 1 for the VAE's 4x temporal compression.
-DEFAULT_SIZES = {
-    "wan-tiny": (9, 32, 48),
-    "wan2.2-tiny": (9, 32, 48),
-    "wan-small": (17, 96, 160),
-    "wan2.1-i2v-14b-480p-random": (81, 480, 832),
-    "wan2.1-i2v-14b-720p-random": (81, 720, 1280),
-    "wan2.2-i2v-a14b-random": (81, 720, 1280),
-    "wan2.2-ti2v-5b-random": (121, 704, 1280),
-}
 
 #: One seed per weighted component: the two Wan 2.2 experts must differ, and a component added to a flavor must
 #: not change the weights of the others.
@@ -135,8 +120,9 @@ def build_tokenizer(directory: Path) -> Path:
 
 def flavor_dir(flavor: str) -> Path:
     """The config directory of a flavor; UsageError, listing the flavors, for an unknown name."""
-    if flavor not in DEFAULT_SIZES:
-        raise UsageError(f"unknown Wan flavor '{flavor}': use one of {', '.join(DEFAULT_SIZES)}")
+    flavors = BUILDABLE_FLAVORS + FULL_SIZE_FLAVORS
+    if flavor not in flavors:
+        raise UsageError(f"unknown Wan flavor '{flavor}': use one of {', '.join(flavors)}")
     return CONFIGS_DIR / flavor
 
 
@@ -269,8 +255,7 @@ def build_random_pipeline_dir(flavor: str, target_dir: Path) -> Path:
             f"saved; buildable flavors: {', '.join(BUILDABLE_FLAVORS)}"
         )
     pipeline = WanImageToVideoPipeline(**random_components(config_dir))
-    with quiet_saving():
-        pipeline.save_pretrained(target_dir, safe_serialization=True)
+    pipeline.save_pretrained(target_dir, safe_serialization=True)
     return Path(target_dir)
 
 
@@ -284,27 +269,7 @@ def config_digest(flavor: str) -> str:
 
 
 def build_tiny(flavor: str, cache_dir: Path | None = None) -> Path:
-    """Build a buildable flavor once into the vidpipe cache and return its directory; reused after.
-
-    The directory name carries `config_digest`, so editing a config (or a seed) builds a new model. Written to a
-    temporary directory and renamed into place: a concurrent or interrupted build never leaves half a model.
-    """
-    root = (Path(cache_dir) if cache_dir is not None else default_cache_root()).expanduser().absolute()
-    target = root / f"{flavor}-{config_digest(flavor)[:12]}"
-    if (target / "model_index.json").is_file():
-        return target
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{flavor}-", dir=root))
-    except OSError as error:
-        raise UsageError(f"cannot write the {flavor} model under {root}: {error}; pass a writable cache dir") from error
-    try:
-        build_random_pipeline_dir(flavor, tmp)
-        os.rename(tmp, target)
-    except OSError as error:
-        # Another process may have renamed its own build into place first: theirs is identical.
-        if not (target / "model_index.json").is_file():
-            raise UsageError(f"cannot write the {flavor} model to {target}: {error}; free disk space") from error
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    """Build a buildable flavor once into the vidpipe cache and return its directory; reused after. The directory
+    name carries `config_digest`, so editing a config (or a seed) builds a new model."""
+    return build_once(f"{flavor}-{config_digest(flavor)[:12]}", cache_dir,
+                      lambda directory: build_random_pipeline_dir(flavor, directory))

@@ -3,7 +3,12 @@
 "use strict";
 
 const TOKEN_KEY = "vidpipe-token";
-const FIELDS = ["samples", "seed", "steps", "frames", "height", "width", "fps", "motion_bucket_id"];
+// Every field the form has; those marked data-field show only when the server's model takes them (SVD: fps and
+// motion; Wan: the prompts and guidance scales). Only the fields shown are sent.
+const FIELDS = ["prompt", "negative_prompt", "samples", "seed", "steps", "frames", "height", "width", "fps",
+  "motion_bucket_id", "guidance_scale", "guidance_scale_2"];
+const SVD_FIELDS = ["fps", "motion_bucket_id"]; // a server that does not say which fields it takes runs SVD
+const FAMILY_NAMES = { svd: "Stable Video Diffusion", wan: "Wan" };
 const FINISHED = ["done", "failed", "cancelled"];
 const jobs = new Map(); // id -> {card, source}
 let defaultsFilled = false;
@@ -44,20 +49,33 @@ async function loadHealth() {
   }
   setBadge($("#health-status"), health.status);
   $("#health-plan").textContent = `plan ${health.plan} on ${health.ranks} ${health.device} rank(s)`;
-  $("#health-model").textContent = `model ${health.model}`;
+  const family = FAMILY_NAMES[health.family];
+  $("#health-model").textContent = `model ${health.model}` + (family ? ` (${family})` : "");
   $("#health-queue").textContent = `queue ${health.queue_length}` +
     (health.restarts ? ` · restarts ${health.restarts}` : "") +
     (health.last_error ? ` · last error: ${health.last_error}` : "");
   if (health.auth && !token()) askForToken();
-  if (!defaultsFilled && health.defaults) fillDefaults(health.defaults);
+  if (!defaultsFilled && health.defaults) {
+    showFields(health.fields || SVD_FIELDS);
+    fillDefaults(health.defaults);
+  }
   const rows = health.rank_status.map((rank) => `<tr><td>${rank.rank}</td><td>${rank.phase}</td>` +
     `<td>${rank.job ? rank.job.slice(0, 8) : "-"}</td><td>${rank.sample ?? "-"}</td>` +
     `<td>${rank.step ?? "-"}${rank.block ? ` (${rank.block})` : ""}</td></tr>`);
   $("#ranks tbody").innerHTML = rows.join("");
 }
 
+function fieldLabel(name) { return $(`#job-form label[data-field=${name}]`); }
+function isShown(name) { const label = fieldLabel(name); return !label || !label.hidden; }
+
+function showFields(names) {
+  for (const label of document.querySelectorAll("#job-form label[data-field]")) {
+    label.hidden = !names.includes(label.dataset.field);
+  }
+}
+
 function fillDefaults(defaults) {
-  for (const name of FIELDS) {
+  for (const name of FIELDS.filter(isShown)) {
     const input = $(`#job-form [name=${name}]`);
     if (input && input.value === "" && defaults[name] !== undefined) input.value = defaults[name];
   }
@@ -101,7 +119,7 @@ function showError(field, message) {
   for (const element of document.querySelectorAll(".error[data-for]")) {
     if (element.dataset.for === field || (field === null)) element.textContent = field === null ? "" : message;
   }
-  for (const input of document.querySelectorAll("#job-form input.invalid")) input.classList.remove("invalid");
+  for (const input of document.querySelectorAll("#job-form .invalid")) input.classList.remove("invalid");
   const input = $(`#job-form [name=${field}]`);
   if (input && message) input.classList.add("invalid");
 }
@@ -110,7 +128,7 @@ function showError(field, message) {
 function fieldOf(message) {
   const first = message.split(/[\s:]/)[0];
   if (first === "input" || first === "image" || message.startsWith("image")) return "image";
-  if (first === "motion_bucket_id" || FIELDS.includes(first) || first === "format") return first;
+  if (FIELDS.includes(first) || first === "format") return first;
   return "form";
 }
 
@@ -121,7 +139,7 @@ $("#job-form").addEventListener("submit", async (event) => {
   if (!file) { showError("image", "image: choose or drop an image file first"); return; }
   const data = new FormData();
   data.append("image", file, file.name);
-  for (const name of FIELDS) {
+  for (const name of FIELDS.filter(isShown)) {
     const value = $(`#job-form [name=${name}]`).value.trim();
     if (value !== "") data.append(name, value);
   }
