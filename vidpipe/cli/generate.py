@@ -14,9 +14,13 @@ from vidpipe.cli.options import (
     Device,
     DistTimeout,
     Dtype,
+    GuidanceScale,
+    GuidanceScale2,
     JsonPath,
     LoadTimeout,
+    NegativePrompt,
     Offline,
+    Prompt,
     Seed,
     StallTimeout,
     Verbose,
@@ -59,13 +63,10 @@ def generate(
         "--max-guidance", help="SVD: guidance on the last frame (default 3.0).")] = None,
     decode_chunk_size: Annotated[int | None, typer.Option(
         "--decode-chunk-size", help="SVD: frames the VAE decodes at once (less = less memory; default 4).")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Wan: what the video shows (a text prompt).")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(
-        "--negative-prompt", help="Wan: what it should not show.")] = None,
-    guidance_scale: Annotated[float | None, typer.Option(
-        "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")] = None,
-    guidance_scale_2: Annotated[float | None, typer.Option(
-        "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")] = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    guidance_scale: GuidanceScale = None,
+    guidance_scale_2: GuidanceScale2 = None,
     text_encoder_device: Annotated[str | None, typer.Option(
         "--text-encoder-device", help="Wan: gpu | cpu, where UMT5 encodes the prompts (11 GB for the 14B "
                                       "models; default gpu).")] = None,

@@ -45,3 +45,11 @@ DistTimeout = Annotated[
 ]
 Offline = Annotated[bool, typer.Option(help="Never touch the network: the model must be cached.")]
 CacheDir = Annotated[Path | None, typer.Option("--cache-dir", help="Hugging Face / vidpipe cache.")]
+
+# Wan's options (generate, submit): None = the model's own default; refused for SVD models.
+Prompt = Annotated[str | None, typer.Option(help="Wan: what the video shows (a text prompt).")]
+NegativePrompt = Annotated[str | None, typer.Option("--negative-prompt", help="Wan: what it should not show.")]
+GuidanceScale = Annotated[float | None, typer.Option(
+    "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")]
+GuidanceScale2 = Annotated[float | None, typer.Option(
+    "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")]

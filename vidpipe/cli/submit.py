@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from vidpipe.cli.options import GuidanceScale, GuidanceScale2, NegativePrompt, Prompt
+
 
 def submit(
     images: Annotated[list[Path], typer.Argument(help="Image file(s): one job each.")],
@@ -25,13 +27,10 @@ def submit(
     min_guidance: Annotated[float | None, typer.Option("--min-guidance", help="SVD.")] = None,
     max_guidance: Annotated[float | None, typer.Option("--max-guidance", help="SVD.")] = None,
     decode_chunk_size: Annotated[int | None, typer.Option("--decode-chunk-size", help="SVD.")] = None,
-    prompt: Annotated[str | None, typer.Option(help="Wan: what the video shows (a text prompt).")] = None,
-    negative_prompt: Annotated[str | None, typer.Option(
-        "--negative-prompt", help="Wan: what it should not show.")] = None,
-    guidance_scale: Annotated[float | None, typer.Option(
-        "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")] = None,
-    guidance_scale_2: Annotated[float | None, typer.Option(
-        "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")] = None,
+    prompt: Prompt = None,
+    negative_prompt: NegativePrompt = None,
+    guidance_scale: GuidanceScale = None,
+    guidance_scale_2: GuidanceScale2 = None,
     formats: Annotated[str | None, typer.Option("--format", help="Comma list of mp4, gif, png.")] = None,
     sweep: Annotated[str | None, typer.Option(
         help="Per-sample overrides, a JSON list (or @file.json), e.g. '[{\"motion_bucket_id\": 60}, "
