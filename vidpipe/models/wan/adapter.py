@@ -15,15 +15,11 @@ import PIL.Image
 import torch
 
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
-from vidpipe.models.wan.sampling import Experts, SequentialGuidance, SolverState, denoise_block
+from vidpipe.models.wan.sampling import TEXT_TOKENS, Experts, SequentialGuidance, SolverState, denoise_block, state_spec
 from vidpipe.models.wan.sizes import denoiser_config, image_token_count, resolve_size
 
 #: The transformers of a Wan pipeline: Wan 2.2 A14B's high-noise and low-noise experts (Wan 2.1: the first only).
 EXPERTS = ("transformer", "transformer_2")
-
-#: What the pipeline pads every prompt to (`max_sequence_length`); the transformer's attention takes the image
-#: tokens as everything before the last 512 context tokens, so it must be exactly this.
-TEXT_TOKENS = 512
 
 
 @dataclass(frozen=True)
@@ -150,20 +146,8 @@ class WanModel:
         """Shapes and dtypes of what `encode` returns, in a fixed order. The latents, the first-frame condition and
         the solver's history are fp32, as in the pipeline; the embeddings are in the transformer's dtype."""
         p = params or self.params_of(None)
-        latent = self.latent_shape(p)
-        spec = {
-            "latents": TensorSpec(latent, torch.float32),
-            "condition": TensorSpec((1, self.z_dim + self.temporal_factor, *latent[2:]), torch.float32),
-            "prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.text_dim), self.dtype),
-            "negative_prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.text_dim), self.dtype),
-        }
-        if self.image_dim is not None:
-            spec["image_embeds"] = TensorSpec((1, self.image_tokens, self.image_dim), self.dtype)
-        spec["solver_outputs"] = TensorSpec((self.solver_order, *latent), torch.float32)
-        spec["solver_last_sample"] = TensorSpec(latent, torch.float32)
-        spec["solver_scalars"] = TensorSpec((4 + self.solver_order,), torch.float64, on_host=True)
-        spec["sampling"] = TensorSpec((3,), torch.float64, on_host=True)
-        return spec
+        return state_spec(self.latent_shape(p), self.z_dim + self.temporal_factor, self.text_dim, self.image_dim,
+                          self.image_tokens, self.solver_order, self.dtype)
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
         return self.state_spec(self.params_of(sample))

@@ -15,7 +15,31 @@ from dataclasses import dataclass
 
 import torch
 
-from vidpipe.models.base import SampleState, StepCallback
+from vidpipe.models.base import SampleState, StepCallback, TensorSpec
+
+#: What the pipeline pads every prompt to (`max_sequence_length`); the transformer's attention takes the image
+#: tokens as everything before the last 512 context tokens, so it must be exactly this.
+TEXT_TOKENS = 512
+
+
+def state_spec(latent: tuple[int, ...], condition_channels: int, text_dim: int, image_dim: int | None,
+               image_tokens: int | None, solver_order: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
+    """The tensors of a Wan sample in flight, in a fixed order (what `denoise_block` reads and `SolverState`
+    writes): latents, the first-frame condition and the solver's history in fp32, as in the pipeline; the
+    embeddings in the transformer's dtype; the step count, guidance and solver scalars on the host."""
+    spec = {
+        "latents": TensorSpec(latent, torch.float32),
+        "condition": TensorSpec((1, condition_channels, *latent[2:]), torch.float32),
+        "prompt_embeds": TensorSpec((1, TEXT_TOKENS, text_dim), dtype),
+        "negative_prompt_embeds": TensorSpec((1, TEXT_TOKENS, text_dim), dtype),
+    }
+    if image_dim is not None:
+        spec["image_embeds"] = TensorSpec((1, image_tokens, image_dim), dtype)
+    spec["solver_outputs"] = TensorSpec((solver_order, *latent), torch.float32)
+    spec["solver_last_sample"] = TensorSpec(latent, torch.float32)
+    spec["solver_scalars"] = TensorSpec((4 + solver_order,), torch.float64, on_host=True)
+    spec["sampling"] = TensorSpec((3,), torch.float64, on_host=True)  # [steps, guidance, guidance_2]
+    return spec
 
 
 @dataclass

@@ -31,10 +31,9 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from vidpipe.errors import UsageError
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
-from vidpipe.models.wan.adapter import TEXT_TOKENS
 from vidpipe.models.wan.cost import wan_bytes_per_step
 from vidpipe.models.wan.parallelize import UlyssesSelfAttention
-from vidpipe.models.wan.sampling import Experts, SequentialGuidance, SolverState, denoise_block
+from vidpipe.models.wan.sampling import Experts, SequentialGuidance, SolverState, denoise_block, state_spec
 from vidpipe.models.wan.sizes import DEFAULT_SIZES, denoiser_config, image_token_count, size_factors
 from vidpipe.parallel.comm import Group, all_to_all
 from vidpipe.parallel.gpu_model import gpu_model_figures
@@ -326,20 +325,8 @@ class WanStandIn:
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """As `WanModel.state_spec`: what a sample carries, at Wan's sizes."""
-        latent = tuple(self.params.latent_shape)
-        spec = {
-            "latents": TensorSpec(latent, torch.float32),
-            "condition": TensorSpec((1, self.condition_channels, *latent[2:]), torch.float32),
-            "prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.config["text_dim"]), self.dtype),
-            "negative_prompt_embeds": TensorSpec((1, TEXT_TOKENS, self.config["text_dim"]), self.dtype),
-        }
-        if self.config.get("image_dim") is not None:
-            spec["image_embeds"] = TensorSpec((1, self.image_tokens, self.config["image_dim"]), self.dtype)
-        spec["solver_outputs"] = TensorSpec((self.solver_order, *latent), torch.float32)
-        spec["solver_last_sample"] = TensorSpec(latent, torch.float32)
-        spec["solver_scalars"] = TensorSpec((4 + self.solver_order,), torch.float64, on_host=True)
-        spec["sampling"] = TensorSpec((3,), torch.float64, on_host=True)
-        return spec
+        return state_spec(tuple(self.params.latent_shape), self.condition_channels, self.config["text_dim"],
+                          self.config.get("image_dim"), self.image_tokens, self.solver_order, self.dtype)
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
         return self.state_spec()  # the simulator's samples all have the run's shape
