@@ -239,3 +239,31 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     split = apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
     temporal_res_blocks = sum(type(m).__name__ == "TemporalResnetBlock" for m in fresh.modules())
     assert apply_compile(split, backend="aot_eager") == 36 - temporal_res_blocks
+
+
+def test_auto_counts_one_expert_per_pp_stage_of_wan22_a14b():
+    """Wan 2.2 A14B (two 14B experts, 27 GB each in bf16) on two 64 GB GPUs, 16 videos without guidance: no GPU
+    holds both experts (dp2), while pp2 broken at the expert switch holds one per GPU, as fsdp holds half of each.
+    At A14B's own switch (step 15 of 40: blocks 15 + 25) sp2.fsdp is estimated faster; with the switch at step 17
+    (blocks 17 + 23, boundary_ratio 0.875) the pipeline is, and auto takes it."""
+    from vidpipe.models.registry import resolve_model
+    from vidpipe.models.wan import family
+    from vidpipe.parallel.auto import driver_memory_gb, memory_bytes
+
+    source = resolve_model("wan2.2-i2v-a14b-random", True, None)
+    size = family.model_size(source, 2)
+    switch = family.expert_switch(source, 40)
+    assert size.experts == 2 and switch == 15
+
+    def estimate(plan: str, at: int | None = switch) -> float:
+        return driver_memory_gb(memory_bytes(parse_plan(plan).resolve(2), size, 81, 480, 832, False, 40, at))
+
+    expert_gb = size.unet_params / 2 * 2 * 1.1 / 1024**3
+    assert estimate("pp2") == pytest.approx(estimate("dp2") - expert_gb)
+    assert estimate("pp2", at=None) == pytest.approx(estimate("dp2"))  # no switch: a stage holds both
+
+    own = choose_plan(2, 16, 40, 81, 480, 832, False, "cuda", size, budget_gb=64.0, switch=switch)
+    assert own.plan.name == "dp1.sp2.fsdp" and own.estimated_gb < 64
+    earlier = choose_plan(2, 16, 40, 81, 480, 832, False, "cuda", size, budget_gb=64.0, switch=17)
+    assert earlier.plan.name == "pp2", earlier.reason
+    assert "a step pipeline of 2 stages, one expert per stage" in earlier.reason

@@ -4,7 +4,7 @@ the same frames."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +73,52 @@ def test_a_stage_loads_only_the_experts_its_steps_use(tiny):
                           experts=("transformer_2",))
     assert model.pipeline.transformer is None and model.pipeline.text_encoder is None
     assert (model.pipeline.transformer_2 is not None) == (tiny.name == "wan2.2-tiny")
+
+
+def test_umt5_is_freed_once_every_expected_prompt_is_embedded(tiny, photo):
+    params = WanParams(steps=2, frames=9, height=32, width=48, prompt=PROMPT, negative_prompt=NEGATIVE,
+                       guidance_scale=4.0)
+    model = WanModel.load(tiny, torch.device("cpu"), torch.float32, params)
+    other = Sample(1, 7, photo, params=replace(params, prompt="a cat"))
+    model.expect_samples([Sample(0, 42, photo), other])
+    first = model.encode(Sample(0, 42, photo))
+    assert model.pipeline.text_encoder is not None  # "a cat" is still to come
+    model.encode(other)
+    assert model.pipeline.text_encoder is None
+    again = model.encode(Sample(0, 42, photo))  # an expected prompt again: from the cache
+    assert torch.equal(again["prompt_embeds"], first["prompt_embeds"])
+
+
+def test_pp2_on_wan22_holds_one_expert_per_stage(tmp_path, photo, capsys, monkeypatch):
+    """7 steps: the low-noise expert takes over at step 3, so pp2's blocks are 3 + 4 (not the even 4 + 3), each
+    stage loads one expert (half of what one rank holds), and the latents are one rank's."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tests.conftest import run_main
+
+    monkeypatch.setenv("VIDPIPE_THREADS_PER_RANK", "1")
+    cache, image = tmp_path / "cache", tmp_path / "photo.png"
+    photo.save(image)
+    code, err = run_main(capsys, "generate", str(image), "--model", "wan2.2-tiny", "--cache-dir", str(cache),
+                         "--prompt", PROMPT, "--seed", "42", "--steps", "7", "--frames", "9", "--height", "32",
+                         "--width", "48", "--device", "cpu", "--save-latents", "--format", "png", "--gpus", "2",
+                         "--strategy", "pp2", "--out", str(tmp_path / "out"), "--json", str(tmp_path / "report.json"))
+    assert code == 0, err[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["steps_per_rank"] == [3, 4]
+    assert "break at step 3, where the low-noise expert takes over" in report["step_assignment"]
+
+    source = Source("dir", build_tiny("wan2.2-tiny", cache), "wan2.2-tiny")
+    params = WanParams(steps=7, frames=9, height=32, width=48, prompt=PROMPT)
+    whole = WanModel.load(source, torch.device("cpu"), torch.float32, params)
+    expert_bytes = sum(p.numel() * p.element_size() for p in whole.pipeline.transformer.parameters())
+    assert report["unet_param_bytes_per_rank"] == [expert_bytes, expert_bytes]
+    state = whole.encode(Sample(0, 42, photo))
+    expected = whole.denoise(state, range(7))[0]
+    got = load_file(tmp_path / "out" / "photo_s0_seed42.latents.safetensors")["latents"]
+    assert torch.equal(got, expected)
 
 
 #: Plans the issue names, per model: (plan, ranks). Whole-step plans (pp) give the 1-rank latents bit for bit with

@@ -184,6 +184,13 @@ def param_bytes(module: torch.nn.Module | None) -> int:
     return sum(t.numel() * t.element_size() for t in local)
 
 
+def denoiser_param_bytes(model) -> int:
+    """Bytes of every denoiser this rank holds: both of Wan 2.2's experts where a rank loaded both (`denoisers`),
+    else the one `unet`."""
+    denoisers = model.denoisers() if hasattr(model, "denoisers") else [model.unet]
+    return sum(param_bytes(module) for module in denoisers)
+
+
 def peak_gb(bytes_by_phase: dict[str, int]) -> float | None:
     """The largest of a rank's per-phase figures in GB; None where none was recorded (CPU, no nvidia-smi)."""
     return round(max(bytes_by_phase.values()) / GIB, 4) if bytes_by_phase else None

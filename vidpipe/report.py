@@ -35,16 +35,17 @@ def versions() -> dict:
     }
 
 
-def step_assignment(strategy: str, plan: ParallelPlan, total_steps: int) -> dict:
-    """Steps each rank runs, and one sentence on how the plan maps work onto ranks."""
+def step_assignment(strategy: str, plan: ParallelPlan, total_steps: int, switch: int | None = None) -> dict:
+    """Steps each rank runs, and one sentence on how the plan maps work onto ranks (`switch`: the step where a
+    two-expert model changes experts)."""
     if strategy == BASELINE:
         return {"steps_per_rank": [total_steps], "step_assignment": "the stock diffusers pipeline, one device"}
     scheduler = scheduler_for(plan)
-    per_rank = [len(scheduler.steps_of_group(total_steps, plan.groups, rank // plan.group_size))
+    per_rank = [len(scheduler.steps_of_group(total_steps, plan.groups, rank // plan.group_size, switch))
                 for rank in range(plan.world_size)]
     unit = "rank" if plan.group_size == 1 else "stage"
     if plan.sample_axis == "pp":
-        how = describe_blocks(total_steps, plan.groups, unit)
+        how = describe_blocks(total_steps, plan.groups, unit, switch)
     elif plan.group_size == 1:
         how = f"every rank runs all {total_steps} steps of its own samples"
     else:
@@ -96,12 +97,13 @@ def conditions(device_type: str, backend: str, dtype: str, world_size: int) -> d
 
 def run_report(
     command: str, model: str, strategy_name: str, plan: ParallelPlan, spec, dtype: str, total_steps: int,
-    seeds: list[int], warmup_samples: int, records: list[RankRecord], **details,
+    seeds: list[int], warmup_samples: int, records: list[RankRecord], expert_switch: int | None = None, **details,
 ) -> dict:
     """What every command's report starts with: the run's conditions, its schedule and the design-§7 figures.
 
     `strategy_name` is the plan as the user wrote it (bench groups runs by it), `plan` the plan in full;
-    `spec` is the run's `LaunchSpec`; `details` (shapes, model source, ...) go between the schedule and figures.
+    `spec` is the run's `LaunchSpec`; `expert_switch` the step where a two-expert model changes experts (the
+    step pipeline's blocks break there); `details` (shapes, model source, ...) go between the schedule and figures.
     """
     scheduler = scheduler_for(plan)
     world_size = spec.world_size
@@ -114,12 +116,13 @@ def run_report(
                          "fsdp": plan.fsdp, "group_size": plan.group_size},
         **conditions(spec.device_type, spec.backend, dtype, world_size),
         "total_steps": total_steps,
-        **step_assignment(strategy_name, plan, total_steps),
+        **step_assignment(strategy_name, plan, total_steps, expert_switch),
         "num_samples": len(seeds),
         "warmup_samples": warmup_samples,
         "seeds": list(seeds),
         **details,
-        **summarize(records, lambda step_s, n: scheduler.ideal_makespan(step_s, n, total_steps, plan.groups)),
+        **summarize(records,
+                    lambda step_s, n: scheduler.ideal_makespan(step_s, n, total_steps, plan.groups, expert_switch)),
     }
 
 

@@ -85,7 +85,8 @@ class ModelBench:
         result = run_with_display(job, placement, len(self.samples), config.verbose)
         report = run_report(
             "bench", config.model, label, placement.plan, placement.spec, placement.dtype, config.total_steps,
-            [s.seed for s in self.samples], config.warmup_samples, result["records"], **self.shape(),
+            [s.seed for s in self.samples], config.warmup_samples, result["records"],
+            expert_switch=self.family.expert_switch(self.source, config.total_steps), **self.shape(),
         )
         report["compiled"] = compiled
         report.update(self._verify(f"{label} x{gpus}", result["finals"], placement))

@@ -16,7 +16,7 @@ from vidpipe.jobs.diffusion import (
     start_compiling,
     warmup_samples,
 )
-from vidpipe.metrics import StepRecorder, param_bytes
+from vidpipe.metrics import StepRecorder, denoiser_param_bytes
 from vidpipe.models.base import Sample
 from vidpipe.models.source import ModelSource
 from vidpipe.parallel.plan import ParallelPlan
@@ -68,7 +68,7 @@ class DiffusersBaselineJob:
         model = family_module(self.source.family, "adapter").load_stock(self.source, ctx.device,
                                                                         DTYPES[self.dtype], self.params)
         recorder = StepRecorder(ctx.device, events, ctx.rank)
-        recorder.record.unet_param_bytes = param_bytes(model.unet)
+        recorder.record.unet_param_bytes = denoiser_param_bytes(model)
         recorder.mark_memory("load")  # before any step runs
         if self.compile_unet:
             start_compiling(model, ctx, events)

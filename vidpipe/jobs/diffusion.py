@@ -8,7 +8,7 @@ from itertools import cycle, islice
 
 import torch.distributed as dist
 
-from vidpipe.metrics import RankRecord, StepRecorder, param_bytes, startup_seconds
+from vidpipe.metrics import RankRecord, StepRecorder, denoiser_param_bytes, startup_seconds
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.parallel.compile import apply_compile
 from vidpipe.parallel.layout import Layout, build_layout
@@ -27,11 +27,11 @@ def load_model_for(layout: Layout, source, dtype: str, params, samples_set_steps
     here and it loads every expert."""
     from vidpipe.models.registry import family_module
 
+    family = family_module(source.family)
     scheduler = scheduler_for(layout.plan)
-    blocks = None if samples_set_steps else [
-        scheduler.steps_of_group(params.steps, layout.plan.groups, layout.group_index)]
-    return family_module(source.family).load_for(layout, source, dtype, params, scheduler.needs_encoder(layout),
-                                                 blocks)
+    blocks = None if samples_set_steps else [scheduler.steps_of_group(
+        params.steps, layout.plan.groups, layout.group_index, family.expert_switch(source, params.steps))]
+    return family.load_for(layout, source, dtype, params, scheduler.needs_encoder(layout), blocks)
 
 
 def warmup_samples(samples: list[Sample], count: int) -> list[Sample]:
@@ -56,11 +56,13 @@ def run_diffusion(
     ctx.stage_times["loaded"] = time.time()
     parallelize(model, layout)
     recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
-    recorder.record.unet_param_bytes = param_bytes(model.unet)
+    recorder.record.unet_param_bytes = denoiser_param_bytes(model)
     recorder.mark_memory("load")  # the weights and the plan's buffers, before any step runs
     if compile_unet:
         start_compiling(model, ctx, events)
     scheduler = scheduler_for(layout.plan)
+    if hasattr(model, "expect_samples"):  # Wan frees UMT5 once these samples' prompts are embedded
+        model.expect_samples([*warmup_samples(samples, warmup), *samples])
     warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     if warmup > 0:
         if compile_unet:

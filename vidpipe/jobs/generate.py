@@ -229,7 +229,8 @@ def place_generate(config: GenerateConfig, source: ModelSource, num_samples: int
         device_type = resolve_device_type(run.device, world_size, under_torchrun())
         dtype_bytes = 2 if resolve_dtype(run.dtype, device_type) in ("fp16", "bf16") else 4
         model_size = family.model_size(source, dtype_bytes)
-        choice = choose_plan(world_size, num_samples, config.steps, *size, guidance, device_type, model_size)
+        choice = choose_plan(world_size, num_samples, config.steps, *size, guidance, device_type, model_size,
+                             switch=family.expert_switch(source, config.steps))
         stderr_console.print(f"auto -> {choice.plan.name}: {choice.reason}", markup=False, highlight=False)
         run = replace(run, strategy=choice.plan.name)
     frames = size[0] if source.family == "svd" else None  # sp splits Wan's tokens, not its frames
@@ -245,6 +246,7 @@ def _report(config, placement, source, run: RunPlan, result) -> dict:
     report = run_report(
         "generate", config.model, placement.plan.name, placement.plan, spec, placement.dtype, config.steps,
         [s.seed for s in samples], config.warmup_samples, result["records"],
+        expert_switch=family_module(source.family).expert_switch(source, config.steps),
         model_source={"kind": source.kind, "path": str(source.path), "name": source.name},
         frames=size[0], height=size[1], width=size[2],
     )

@@ -18,7 +18,7 @@ from vidpipe.config import MemoryProbeConfig
 from vidpipe.errors import Interrupted, RankFailed, UsageError
 from vidpipe.jobs.diffusion import build_layout, gather_to_first, load_model_for
 from vidpipe.jobs.run import place, run_with_display
-from vidpipe.metrics import GIB, RankRecord, mark_memory, memory_needed_gb, param_bytes, peak_gb
+from vidpipe.metrics import GIB, RankRecord, denoiser_param_bytes, mark_memory, memory_needed_gb, param_bytes, peak_gb
 from vidpipe.models.base import Sample
 from vidpipe.models.source import ModelSource
 from vidpipe.parallel.parallelize import parallelize
@@ -60,7 +60,7 @@ class ProbeJob:
         encodes = scheduler_for(self.plan).needs_encoder(layout)
         model = load_model_for(layout, self.source, self.dtype, params)
         parallelize(model, layout)
-        record.unet_param_bytes = param_bytes(model.unet)
+        record.unet_param_bytes = denoiser_param_bytes(model)
         pipe = model.pipeline
         resident = sum(param_bytes(getattr(pipe, name, None)) for name in
                        ("unet", "transformer", "transformer_2", "vae", "image_encoder", "text_encoder"))

@@ -39,7 +39,7 @@ from vidpipe.runtime.dist import DistContext
 from vidpipe.runtime.events import EventSink, FilesWritten, FramesDecoded, SampleCancelled, SampleDone, StageReached
 from vidpipe.runtime.forkserver import DEFAULT_PRELOAD
 from vidpipe.strategies.registry import scheduler_for
-from vidpipe.strategies.schedule import steps_for_rank
+from vidpipe.strategies.schedule import steps_for_rank, switch_of
 
 #: An idle feed sends a tick this often, so that ranks waiting in a collective never reach its timeout.
 TICK_S = 30.0
@@ -188,7 +188,8 @@ class ServeRank:
 
     def _run(self, item: ServeSample, state: dict) -> None:
         p = item.params
-        block = steps_for_rank(p.steps, self.stages, self.stage) if self.pipelined else range(p.steps)
+        block = (steps_for_rank(p.steps, self.stages, self.stage, switch_of(self.model, p.steps)) if self.pipelined
+                 else range(p.steps))
         sample = self._sample(item)
         try:
             self._check_cancel(item)

@@ -2,12 +2,13 @@
 
 Every plan that fits the world size is scored with a small model and the fastest one that fits in memory wins:
 
-- time of the batch, in units of one step on one rank: rounds x steps / group speed-up, where rounds is
-  ceil(N / G) for dp groups and 1 + (N - 1) / G for the step pipeline (fill, then one sample per block), and the
+- time of the batch, in units of one step on one rank, divided by the group speed-up: ceil(N / G) x steps for
+  dp groups, steps + (N - 1) x the longest block for the step pipeline (fill, then one sample per block); the
   group speed-up is CFG_SPEEDUP for cfg2 times K / (1 + SP_OVERHEAD (K - 1)) for spK, FSDP_SLOWDOWN with fsdp;
-- memory per rank: the UNet's parameters (1/group with fsdp), the image encoder, the VAE in fp32 (it encodes
-  upcast and phase 2 decodes in fp32, whatever the run's dtype), and the activations of one UNet call,
-  proportional to the batch rows and frames a rank holds (`activation_bytes`).
+- memory per rank: the denoiser's parameters (1/group with fsdp; on a two-expert model, Wan 2.2 A14B, a pp stage
+  whose blocks break at the expert switch holds one expert), the encoders, the VAE in fp32 (it encodes upcast and
+  phase 2 decodes in fp32, whatever the run's dtype), and the activations of one denoiser call, proportional to
+  the batch rows and frames a rank holds (`activation_bytes`).
 
 A plan fits when what the driver will charge each rank fits the GPUs' free memory as the driver reports it
 (nvidia-smi, the visible GPUs only): the estimate above is what the allocator hands out (allocated), the caching
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 
 from vidpipe.parallel.plan import ParallelPlan, frame_split
 from vidpipe.runtime import gpus
+from vidpipe.strategies.schedule import block_sizes, stages_before_switch
 
 #: Speed-up of one step with the guidance batch split over 2 ranks (one all-gather of a latent per step).
 CFG_SPEEDUP = 1.9
@@ -45,11 +47,12 @@ GIB = 1024**3
 class ModelSize:
     """What the memory model needs to know about the model (from its configs; no weights loaded)."""
 
-    unet_params: int
-    other_params: int  # VAE + image encoder
+    unet_params: int  # every denoiser's (both of Wan 2.2 A14B's experts)
+    other_params: int  # VAE + encoders
     first_channels: int  # the UNet's widest-resolution channel count
     dtype_bytes: int
     vae_params: int = 0  # of `other_params`, the VAE's: sized in fp32, the rest at `dtype_bytes`
+    experts: int = 1  # denoisers of one architecture that `unet_params` counts (a pp stage may hold one)
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,18 @@ def group_speedup(plan: ParallelPlan) -> float:
     return speedup
 
 
-def batch_time(plan: ParallelPlan, samples: int, steps: int) -> float:
-    """The batch's time in one-rank step units (see the module docstring)."""
-    rounds = math.ceil(samples / plan.groups) if plan.sample_axis == "dp" else 1 + (samples - 1) / plan.groups
-    return rounds * steps / group_speedup(plan)
+def batch_time(plan: ParallelPlan, samples: int, steps: int, switch: int | None = None) -> float:
+    """The batch's time in one-rank step units (see the module docstring); `switch`: the step where a two-expert
+    model changes experts (the step pipeline's blocks break there)."""
+    if plan.sample_axis == "dp":
+        return math.ceil(samples / plan.groups) * steps / group_speedup(plan)
+    return (steps + (samples - 1) * max(block_sizes(steps, plan.groups, switch))) / group_speedup(plan)
+
+
+def one_expert_per_stage(plan: ParallelPlan, size: ModelSize, steps: int, switch: int | None) -> bool:
+    """Whether each pp stage of `plan` holds one expert of a two-expert model: its blocks break at the switch."""
+    return (plan.sample_axis == "pp" and size.experts > 1
+            and stages_before_switch(steps, plan.groups, switch) is not None)
 
 
 def activation_bytes(size: ModelSize, batch: int, frames: int, height: int, width: int) -> float:
@@ -82,9 +93,12 @@ def activation_bytes(size: ModelSize, batch: int, frames: int, height: int, widt
     return 20.0 * size.first_channels * size.dtype_bytes * batch * frames * latent_pixels
 
 
-def memory_bytes(plan: ParallelPlan, size: ModelSize, frames: int, height: int, width: int, guidance: bool) -> float:
+def memory_bytes(plan: ParallelPlan, size: ModelSize, frames: int, height: int, width: int, guidance: bool,
+                 steps: int = 0, switch: int | None = None) -> float:
     """Bytes the allocator hands out on the busiest rank of `plan` (allocated, not reserved)."""
     unet = size.unet_params * size.dtype_bytes / (plan.group_size if plan.fsdp else 1)
+    if one_expert_per_stage(plan, size, steps, switch):
+        unet /= size.experts
     encoder = (size.other_params - size.vae_params) * size.dtype_bytes
     vae = size.vae_params * VAE_DTYPE_BYTES
     batch = (2 if guidance else 1) // plan.cfg
@@ -119,15 +133,18 @@ def candidates(world_size: int, frames: int, steps: int, guidance: bool) -> list
 
 def choose_plan(
     world_size: int, samples: int, steps: int, frames: int, height: int, width: int, guidance: bool,
-    device_type: str, size: ModelSize | None = None, budget_gb: float | None = None,
+    device_type: str, size: ModelSize | None = None, budget_gb: float | None = None, switch: int | None = None,
 ) -> Choice:
-    """The plan `generate --strategy auto` runs, and one line saying why."""
+    """The plan `generate --strategy auto` runs, and one line saying why. `switch`: the step where a two-expert
+    model changes experts (None: one expert)."""
     if budget_gb is None and device_type == "cuda":
         budget_gb = free_gpu_memory_gb(world_size)
     plans = candidates(world_size, frames, steps, guidance)
 
     def memory_gb(plan: ParallelPlan) -> float | None:
-        return driver_memory_gb(memory_bytes(plan, size, frames, height, width, guidance)) if size else None
+        if size is None:
+            return None
+        return driver_memory_gb(memory_bytes(plan, size, frames, height, width, guidance, steps, switch))
 
     def fits(plan: ParallelPlan) -> bool:
         needed = memory_gb(plan)
@@ -135,27 +152,34 @@ def choose_plan(
 
     fitting = [plan for plan in plans if fits(plan)]
     # Fastest first; among equals the smaller group (less communication), dp before pp, no fsdp.
-    ranked = sorted(fitting or plans, key=lambda p: (round(batch_time(p, samples, steps), 6), p.group_size,
+    ranked = sorted(fitting or plans, key=lambda p: (round(batch_time(p, samples, steps, switch), 6), p.group_size,
                                                      p.sample_axis != "dp", p.fsdp))
     plan = ranked[0]
+    by_expert = size is not None and one_expert_per_stage(plan, size, steps, switch)
     return Choice(plan, _reason(plan, samples, world_size, frames, device_type, memory_gb(plan), budget_gb,
-                                bool(fitting)), memory_gb(plan), budget_gb)
+                                bool(fitting), by_expert), memory_gb(plan), budget_gb)
 
 
 def _reason(plan: ParallelPlan, samples: int, world_size: int, frames: int, device_type: str,
-            needed_gb: float | None, budget_gb: float | None, fits: bool) -> str:
+            needed_gb: float | None, budget_gb: float | None, fits: bool, by_expert: bool = False) -> str:
     ranks = f"{world_size} {'GPU' if device_type == 'cuda' else 'CPU rank'}{'s' if world_size > 1 else ''}"
     what = f"{samples} sample{'s' if samples > 1 else ''} on {ranks}"
-    if plan.group_size == 1:
+    splits = []
+    if plan.cfg > 1:
+        splits.append("guidance batch")
+    if plan.sp > 1:
+        splits.append(f"frames ({frames} as {', '.join(map(str, frame_split(frames, plan.sp)))})")
+    if plan.fsdp:
+        splits.append("UNet parameters (fsdp)")
+    if plan.sample_axis == "pp":
+        how = f"a step pipeline of {plan.groups} stages"
+        if by_expert:
+            how += ", one expert per stage (the blocks break at the expert switch)"
+        if splits:
+            how += f", each stage a group of {plan.group_size} splitting its sample's {' and '.join(splits)}"
+    elif plan.group_size == 1:
         how = "whole samples per rank" if world_size > 1 else "one rank"
     else:
-        splits = []
-        if plan.cfg > 1:
-            splits.append("guidance batch")
-        if plan.sp > 1:
-            splits.append(f"frames ({frames} as {', '.join(map(str, frame_split(frames, plan.sp)))})")
-        if plan.fsdp:
-            splits.append("UNet parameters (fsdp)")
         how = f"{plan.groups} group(s) of {plan.group_size}, each splitting its sample's {' and '.join(splits)}"
     memory = ""
     if needed_gb is not None and budget_gb is not None:

@@ -38,10 +38,11 @@ def needs_encoder(layout: Layout) -> bool:
     return True
 
 
-def steps_of_group(total_steps: int, groups: int, group_index: int) -> range:
+def steps_of_group(total_steps: int, groups: int, group_index: int, switch: int | None = None) -> range:
     return range(total_steps)
 
 
-def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int) -> float:
+def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int,
+                   switch: int | None = None) -> float:
     """The busiest group runs ceil(N / G) whole samples."""
     return math.ceil(num_samples / groups) * total_steps * step_time_s

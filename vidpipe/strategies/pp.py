@@ -17,7 +17,7 @@ from vidpipe.metrics import StepRecorder
 from vidpipe.models.base import DiffusionModel, Sample
 from vidpipe.parallel.layout import Layout
 from vidpipe.strategies.handoff import PendingRecv, PendingSend, post_recv, post_send
-from vidpipe.strategies.schedule import block_sizes, steps_for_rank, steps_of
+from vidpipe.strategies.schedule import block_sizes, steps_for_rank, steps_of, switch_of
 
 #: Sends allowed in flight before the sender waits for the oldest: bounds the memory held by unsent states.
 MAX_SENDS_IN_FLIGHT = 2
@@ -48,8 +48,10 @@ def run(layout: Layout, model: DiffusionModel, samples: list[Sample], recorder: 
             incoming = post_recv(model.sample_spec(following), layout.peer(stage - 1), device) if following else None
 
         # 2. Run this stage's block of the sample's steps (the clock of its first step starts now, after the
-        #    hand-off); a job file's samples may each have their own number of steps.
-        block = steps_for_rank(steps_of(model, sample), stages, stage)
+        #    hand-off); a job file's samples may each have their own number of steps. The blocks break at the
+        #    model's expert switch when they can.
+        steps = steps_of(model, sample)
+        block = steps_for_rank(steps, stages, stage, switch_of(model, steps))
         on_step = recorder.on_step_for(sample, block)
         if first:
             on_step = ahead.next_during(on_step, position)
@@ -105,11 +107,12 @@ def needs_encoder(layout: Layout) -> bool:
     return layout.group_index == 0
 
 
-def steps_of_group(total_steps: int, groups: int, group_index: int) -> range:
-    return steps_for_rank(total_steps, groups, group_index)
+def steps_of_group(total_steps: int, groups: int, group_index: int, switch: int | None = None) -> range:
+    return steps_for_rank(total_steps, groups, group_index, switch)
 
 
-def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int) -> float:
+def ideal_makespan(step_time_s: float, num_samples: int, total_steps: int, groups: int,
+                   switch: int | None = None) -> float:
     """First sample through every block, then one sample per slowest block."""
-    slowest_block = max(block_sizes(total_steps, groups))
+    slowest_block = max(block_sizes(total_steps, groups, switch))
     return (total_steps + (num_samples - 1) * slowest_block) * step_time_s

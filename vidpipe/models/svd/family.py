@@ -45,6 +45,11 @@ JOB_FIELDS = {"fps": int, "motion_bucket_id": int, "noise_aug_strength": float, 
               "max_guidance": float, "decode_chunk_size": int}
 
 
+def expert_switch(source, steps: int) -> None:
+    """SVD has one denoiser: the step pipeline's blocks are simply as even as possible."""
+    return None
+
+
 def job_fields(source=None) -> dict[str, type]:
     """The per-sample fields a job for `source` takes (SVD: every model the same ones)."""
     return dict(JOB_FIELDS)

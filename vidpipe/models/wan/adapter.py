@@ -15,9 +15,19 @@ import PIL.Image
 import torch
 
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
-from vidpipe.models.wan.sampling import TEXT_TOKENS, Experts, SequentialGuidance, SolverState, denoise_block, state_spec
+from vidpipe.models.wan.sampling import (
+    TEXT_TOKENS,
+    Experts,
+    SequentialGuidance,
+    SolverState,
+    denoise_block,
+    expert_switch_step,
+    state_spec,
+)
 from vidpipe.models.wan.sizes import denoiser_config, image_token_count, resolve_size
 
+#: Prompt pairs whose embeddings a model keeps (a server's jobs often repeat them; 16 MB each for the 14B models).
+PROMPTS_KEPT = 16
 #: The transformers of a Wan pipeline: Wan 2.2 A14B's high-noise and low-noise experts (Wan 2.1: the first only).
 EXPERTS = ("transformer", "transformer_2")
 
@@ -63,7 +73,7 @@ class WanModel:
         self.num_frames, self.height, self.width = size
         self.guide = SequentialGuidance()  # the `cfg` axis replaces it
         config = pipeline.config
-        ratio = config.get("boundary_ratio")
+        ratio = self.boundary_ratio = config.get("boundary_ratio")
         self.boundary_timestep = None if ratio is None else ratio * pipeline.scheduler.config.num_train_timesteps
         self.expand_timesteps = bool(config.get("expand_timesteps", False))
         if self.expand_timesteps:
@@ -78,6 +88,7 @@ class WanModel:
         self.image_tokens = image_tokens  # of the CLIP embedding (Wan 2.1); known without the encoder loaded
         self.solver_order = pipeline.scheduler.config.solver_order
         self._prompt_cache: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._prompts_to_come: set[tuple[str, str, bool]] | None = None  # None: any prompt may come (a server)
 
     @classmethod
     def load(cls, source, device: torch.device, dtype: torch.dtype | None, params: WanParams,
@@ -127,6 +138,10 @@ class WanModel:
     def experts(self) -> Experts:
         return Experts(self.pipeline.transformer, self.pipeline.transformer_2, self.boundary_timestep)
 
+    def expert_switch(self, steps: int) -> int | None:
+        """The step where the low-noise expert takes over (Wan 2.2 A14B; None: one expert)."""
+        return expert_switch_step(self.pipeline.scheduler, self.boundary_ratio, steps)
+
     def denoisers(self) -> list[torch.nn.Module]:
         """Every loaded expert (fsdp shards each, sp splits each)."""
         return [m for m in (self.pipeline.transformer, self.pipeline.transformer_2) if m is not None]
@@ -154,11 +169,22 @@ class WanModel:
 
     # 3. Encoding: text, image, starting noise.
 
+    @staticmethod
+    def _prompt_key(p: WanParams) -> tuple[str, str, bool]:
+        return p.prompt, p.negative_prompt, p.guidance_scale > 1
+
+    def expect_samples(self, samples: list[Sample]) -> None:
+        """These are all the samples this model will encode: once their prompts are embedded, UMT5 (11 GB for the
+        14B models) is freed. A server never calls this, as any prompt may come. NOTE: the cache holds the
+        embeddings of at most `PROMPTS_KEPT` prompts; a job file with more keeps UMT5 loaded."""
+        expected = {self._prompt_key(self.params_of(s)) for s in samples}
+        self._prompts_to_come = expected if len(expected) <= PROMPTS_KEPT else None
+
     def _prompt_embeds(self, p: WanParams) -> tuple[torch.Tensor, torch.Tensor]:
         """UMT5 embeddings of the prompt and the negative prompt, padded to 512 tokens as the pipeline pads them;
         computed once per prompt pair (a server's jobs often repeat them)."""
         use_cfg = p.guidance_scale > 1
-        key = (p.prompt, p.negative_prompt, use_cfg)
+        key = self._prompt_key(p)
         if key not in self._prompt_cache:
             pipe = self.pipeline
             if pipe.text_encoder is None:
@@ -168,10 +194,20 @@ class WanModel:
                                               do_classifier_free_guidance=use_cfg, num_videos_per_prompt=1,
                                               max_sequence_length=TEXT_TOKENS, device=text_device)
             uncond = torch.zeros_like(cond) if uncond is None else uncond
-            if len(self._prompt_cache) > 16:
+            if len(self._prompt_cache) >= PROMPTS_KEPT:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
             self._prompt_cache[key] = (cond.to(self.device, self.dtype), uncond.to(self.device, self.dtype))
+            if self._prompts_to_come is not None:
+                self._prompts_to_come.discard(key)
+                if not self._prompts_to_come:
+                    self._free_text_encoder()
         return self._prompt_cache[key]
+
+    def _free_text_encoder(self) -> None:
+        self.pipeline.text_encoder = None
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     @torch.no_grad()
     def encode(self, sample: Sample) -> SampleState:

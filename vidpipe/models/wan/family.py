@@ -79,21 +79,29 @@ def check_job(plan, params) -> None:
     plan.check_job(params.steps, None, params.guidance_scale > 1)
 
 
-def experts_for_steps(source, steps: int, block: range) -> tuple[str, ...]:
-    """The experts a block of steps uses: on Wan 2.2 A14B the high-noise one while t >= boundary, then the other."""
+def expert_switch(source, steps: int) -> int | None:
+    """The step where Wan 2.2 A14B's low-noise expert takes over on a `steps`-step schedule (None: one expert);
+    the step pipeline breaks its blocks there when it can."""
     import json
 
-    import torch
     from diffusers import UniPCMultistepScheduler
+
+    from vidpipe.models.wan.sampling import expert_switch_step
 
     ratio = json.loads((source.path / "model_index.json").read_text()).get("boundary_ratio")
     if ratio is None:
+        return None
+    return expert_switch_step(UniPCMultistepScheduler.from_pretrained(source.path, subfolder="scheduler"), ratio,
+                              steps)
+
+
+def experts_for_steps(source, steps: int, block: range) -> tuple[str, ...]:
+    """The experts a block of steps uses: on Wan 2.2 A14B the high-noise one before the switch, then the other."""
+    switch = expert_switch(source, steps)
+    if switch is None:
         return ("transformer",)
-    scheduler = UniPCMultistepScheduler.from_pretrained(source.path, subfolder="scheduler")
-    scheduler.set_timesteps(steps, device=torch.device("cpu"))
-    boundary = ratio * scheduler.config.num_train_timesteps
-    used = {"transformer" if scheduler.timesteps[i] >= boundary else "transformer_2" for i in block}
-    return tuple(name for name in ("transformer", "transformer_2") if name in used)
+    used = {"transformer": block.start < switch, "transformer_2": block.stop > switch}
+    return tuple(name for name, uses in used.items() if uses)
 
 
 def load_for(layout, source, dtype, params, encoders: bool, blocks: list[range] | None):
@@ -127,7 +135,8 @@ def model_size(source, dtype_bytes: int):
     encoders = counts.get("text_encoder", 0) + counts.get("image_encoder", 0)
     config = denoiser_config(source.path)
     width = config["num_attention_heads"] * config["attention_head_dim"]
-    return ModelSize(experts, counts["vae"] + encoders, max(1, width // 32), dtype_bytes, vae_params=counts["vae"])
+    return ModelSize(experts, counts["vae"] + encoders, max(1, width // 32), dtype_bytes, vae_params=counts["vae"],
+                     experts=1 + ("transformer_2" in counts and counts["transformer_2"] > 0))
 
 
 def bench_params(steps: int, size: tuple[int, int, int]):

@@ -114,6 +114,18 @@ class SequentialGuidance:
         return noise_uncond + scale * (noise_pred - noise_uncond)
 
 
+def expert_switch_step(scheduler, boundary_ratio: float | None, steps: int) -> int | None:
+    """The first step of a `steps`-step schedule that runs the low-noise expert (its timestep below the boundary,
+    the pipeline's switch), or `steps` if none does; None for a one-expert model. `scheduler` is any scheduler of
+    the model's class and config: a fresh copy is positioned, not it."""
+    if boundary_ratio is None:
+        return None
+    schedule = type(scheduler).from_config(scheduler.config)
+    schedule.set_timesteps(steps, device=torch.device("cpu"))
+    boundary = boundary_ratio * schedule.config.num_train_timesteps
+    return next((i for i, t in enumerate(schedule.timesteps.tolist()) if t < boundary), steps)
+
+
 @dataclass(frozen=True)
 class Experts:
     """The denoiser(s) and when each runs: Wan 2.2 A14B's `transformer` for timesteps >= boundary (high noise),
