@@ -62,7 +62,8 @@ def test_wan_gpu_model_arithmetic():
 
 
 def test_simulate_names_its_models():
-    assert SimulateConfig.MODELS[1:] == WAN_RANDOM
+    # every full-size Wan flavor but TI2V-5B, whose stand-in (48 channels, per-token timesteps) is not written yet
+    assert SimulateConfig.MODELS[1:] == tuple(name for name in WAN_RANDOM if "ti2v" not in name)
 
 
 @pytest.mark.parametrize(("args", "expected"), [

@@ -26,7 +26,13 @@ class Source:  # what the registry hands the adapter: where the model is and wha
     name: str
 
 
-@pytest.fixture(scope="module", params=["wan-tiny", "wan2.2-tiny"])
+#: Each tiny flavor's width at the issue's 9 x 32 x W (TI2V's 16x VAE and 2x2 patches need multiples of 32) and
+#: its latents' shape [C, T, h, w].
+WIDTH = {"wan-tiny": 48, "wan2.2-tiny": 48, "wan2.2-ti2v-tiny": 64}
+LATENT = {"wan-tiny": (16, 3, 4, 6), "wan2.2-tiny": (16, 3, 4, 6), "wan2.2-ti2v-tiny": (48, 3, 2, 4)}
+
+
+@pytest.fixture(scope="module", params=["wan-tiny", "wan2.2-tiny", "wan2.2-ti2v-tiny"])
 def tiny(request, tmp_path_factory) -> Source:
     return Source("dir", build_tiny(request.param, tmp_path_factory.mktemp("cache")), request.param)
 
@@ -42,15 +48,16 @@ def pipeline_output(source: Source, image, output_type: str, steps: int = 6, see
 
     pipe = WanImageToVideoPipeline.from_pretrained(source.path, torch_dtype=torch.float32, local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
-    return pipe(image, prompt=PROMPT, negative_prompt=NEGATIVE, height=32, width=48, num_frames=9,
+    return pipe(image, prompt=PROMPT, negative_prompt=NEGATIVE, height=32, width=WIDTH[source.name], num_frames=9,
                 num_inference_steps=steps, guidance_scale=4.0, generator=torch.Generator("cpu").manual_seed(seed),
                 output_type=output_type).frames
 
 
 def test_blocks_of_steps_on_fresh_models_give_the_pipeline_latents_and_frames(tiny, photo):
     """Three blocks (2, 1, 3 steps), each on a freshly loaded model that sees only the state: as on three pp
-    stages. UniPC's history travels in the state; on Wan 2.2 the experts switch at boundary_ratio 0.875."""
-    params = WanParams(steps=6, frames=9, height=32, width=48, prompt=PROMPT, negative_prompt=NEGATIVE,
+    stages. UniPC's history travels in the state; on Wan 2.2 the experts switch at boundary_ratio 0.875; on TI2V
+    the first latent frame is the image's and the timesteps are per token."""
+    params = WanParams(steps=6, frames=9, height=32, width=WIDTH[tiny.name], prompt=PROMPT, negative_prompt=NEGATIVE,
                        guidance_scale=4.0)
     state = WanModel.load(tiny, torch.device("cpu"), torch.float32, params).encode(Sample(0, 42, photo))
     for block in (range(0, 2), range(2, 3), range(3, 6)):
@@ -58,17 +65,17 @@ def test_blocks_of_steps_on_fresh_models_give_the_pipeline_latents_and_frames(ti
         state = {name: tensor.clone() for name, tensor in state.items()}
         state["latents"] = stage.denoise(state, block)
     expected = pipeline_output(tiny, photo, "latent")
-    assert state["latents"].shape == expected.shape == (1, 16, 3, 4, 6)
+    assert state["latents"].shape == expected.shape == (1, *LATENT[tiny.name])
     assert (state["latents"] - expected).abs().max().item() <= 1e-4
 
     frames = stage.decode(state["latents"])
     expected_frames = (pipeline_output(tiny, photo, "np")[0] * 255).round()
-    assert frames.shape == expected_frames.shape == (9, 32, 48, 3)
+    assert frames.shape == expected_frames.shape == (9, 32, WIDTH[tiny.name], 3)
     assert np.abs(frames.astype(np.float64) - expected_frames).max() <= 1.0
 
 
 def test_a_stage_loads_only_the_experts_its_steps_use(tiny):
-    params = WanParams(steps=6, frames=9, height=32, width=48)
+    params = WanParams(steps=6, frames=9, height=32, width=WIDTH[tiny.name])
     model = WanModel.load(tiny, torch.device("cpu"), torch.float32, params, encoders=False,
                           experts=("transformer_2",))
     assert model.pipeline.transformer is None and model.pipeline.text_encoder is None
@@ -76,8 +83,8 @@ def test_a_stage_loads_only_the_experts_its_steps_use(tiny):
 
 
 def test_umt5_is_freed_once_every_expected_prompt_is_embedded(tiny, photo):
-    params = WanParams(steps=2, frames=9, height=32, width=48, prompt=PROMPT, negative_prompt=NEGATIVE,
-                       guidance_scale=4.0)
+    params = WanParams(steps=2, frames=9, height=32, width=WIDTH[tiny.name], prompt=PROMPT,
+                       negative_prompt=NEGATIVE, guidance_scale=4.0)
     model = WanModel.load(tiny, torch.device("cpu"), torch.float32, params)
     other = Sample(1, 7, photo, params=replace(params, prompt="a cat"))
     model.expect_samples([Sample(0, 42, photo), other])
@@ -125,9 +132,11 @@ def test_pp2_on_wan22_holds_one_expert_per_stage(tmp_path, photo, capsys, monkey
 #: one thread per rank; split steps (cfg, sp) round differently: within 1e-5.
 WAN21_PLANS = {"pp": 2, "cfg2": 2, "sp2": 2, "sp3": 3, "cfg2.sp2": 4, "fsdp.sp2": 2}
 WAN22_PLANS = {"pp2": 2, "pp2.cfg2": 4}
+TI2V_PLANS = {"pp2": 2, "cfg2": 2, "sp3": 3}  # sp3: 6 tokens (3 latent frames of 1 x 2 patches), 2 per rank
 
 
-@pytest.mark.parametrize(("flavor", "plans"), [("wan-tiny", WAN21_PLANS), ("wan2.2-tiny", WAN22_PLANS)])
+@pytest.mark.parametrize(("flavor", "plans"), [("wan-tiny", WAN21_PLANS), ("wan2.2-tiny", WAN22_PLANS),
+                                               ("wan2.2-ti2v-tiny", TI2V_PLANS)])
 def test_every_plan_gives_the_pipeline_latents_and_frames(flavor, plans, tmp_path, photo, capsys, monkeypatch):
     """`vidpipe generate` as the issue runs it, on each plan, against one rank and against diffusers' own pipeline
     (latents within 1e-4, frames within 1/255). Run with -s for the table."""
@@ -141,7 +150,7 @@ def test_every_plan_gives_the_pipeline_latents_and_frames(flavor, plans, tmp_pat
     photo.save(image)
     args = [str(image), "--model", flavor, "--cache-dir", str(cache), "--prompt", PROMPT, "--negative-prompt",
             NEGATIVE, "--guidance-scale", "4.0", "--samples", "2", "--seed", "42", "--steps", "6", "--frames", "9",
-            "--height", "32", "--width", "48", "--device", "cpu", "--format", "png", "--save-latents"]
+            "--height", "32", "--width", str(WIDTH[flavor]), "--device", "cpu", "--format", "png", "--save-latents"]
     outputs = {}
     for plan, ranks in {"one": 1, **plans}.items():
         out = tmp_path / plan
@@ -157,7 +166,7 @@ def test_every_plan_gives_the_pipeline_latents_and_frames(flavor, plans, tmp_pat
         expected = pipeline_output(source, PIL.Image.open(image), "latent", seed=42 + i)[0]
         expected_frames = pipeline_output(source, PIL.Image.open(image), "np", seed=42 + i)[0] * 255
         one = load_file(outputs["one"] / f"{stem}.latents.safetensors")["latents"]
-        assert one.shape == expected.shape == (16, 3, 4, 6)  # [C, T, h, w]: the pipeline's, without the batch
+        assert one.shape == expected.shape == LATENT[flavor]  # [C, T, h, w]: the pipeline's, without the batch
         for plan in ["one", *plans]:
             got = load_file(outputs[plan] / f"{stem}.latents.safetensors")["latents"]
             frames = np.stack([np.asarray(PIL.Image.open(outputs[plan] / stem / f"frame_{k:03d}.png"))

@@ -37,8 +37,8 @@ def generate(
         help="Hub id, local diffusers directory (Stable Video Diffusion or Wan image-to-video, told apart by its "
              "model_index.json), or a built-in name: svd-xt, tiny (tiny random SVD, CPU demos), small (62M-parameter "
              "random SVD, CPU measurements), svd-xt-random (full-size architecture, random weights, no download); "
-             "wan2.1-i2v-480p, wan2.1-i2v-720p, wan2.2-i2v-a14b (hub), wan-tiny, wan2.2-tiny (tiny random Wan 2.1 / "
-             "2.2), wan-small (random, CPU measurements).")
+             "wan2.1-i2v-480p, wan2.1-i2v-720p, wan2.2-i2v-a14b, wan2.2-ti2v-5b (hub), wan-tiny, wan2.2-tiny, "
+             "wan2.2-ti2v-tiny (tiny random Wan 2.1 / 2.2 A14B / 2.2 TI2V), wan-small (random, CPU measurements).")
     ] = "stabilityai/stable-video-diffusion-img2vid-xt",
     gpus: Annotated[int | None, typer.Option(
         "--gpus", "-g", help="Ranks, one per GPU (default: every visible GPU; on CPU one process). Under "

@@ -45,8 +45,9 @@ RANDOM_FLAVORS = {"svd-xt-random": CONFIGS_DIR / "svd-xt", "small": CONFIGS_DIR 
 #: Wan flavors: built once with random weights and saved (tokenizer included), or full-size architectures whose
 #: random weights are built in each worker (`models/wan/configs/`).
 WAN_CONFIGS = Path(__file__).parent / "wan" / "configs"
-WAN_BUILT = ("wan-tiny", "wan2.2-tiny", "wan-small")
-WAN_RANDOM = ("wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random")
+WAN_BUILT = ("wan-tiny", "wan2.2-tiny", "wan2.2-ti2v-tiny", "wan-small")
+WAN_RANDOM = ("wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random",
+              "wan2.2-ti2v-5b-random")
 
 SVD_COMPONENTS = ("unet", "vae", "image_encoder", "feature_extractor", "scheduler")
 WEIGHTED_COMPONENTS = ("unet", "vae", "image_encoder")
@@ -54,9 +55,9 @@ WEIGHTED_COMPONENTS = ("unet", "vae", "image_encoder")
 CONFIG_PATTERNS = ["model_index.json", *(f"{c}/*.json" for c in SVD_COMPONENTS)]
 #: Wan: the files of every component folder (configs, tokenizer, safetensors shards and their index), nothing else.
 WAN_PATTERNS = ["model_index.json", "*/*.json", "tokenizer/*", "*/*.safetensors"]
-KNOWN_NAMES = ("tiny, small, svd-xt, svd-xt-random, wan-tiny, wan2.2-tiny, wan-small, wan2.1-i2v-480p, "
-               "wan2.1-i2v-720p, wan2.2-i2v-a14b, wan2.1-i2v-14b-480p-random, wan2.1-i2v-14b-720p-random, "
-               "wan2.2-i2v-a14b-random")
+KNOWN_NAMES = ("tiny, small, svd-xt, svd-xt-random, wan-tiny, wan2.2-tiny, wan2.2-ti2v-tiny, wan-small, "
+               "wan2.1-i2v-480p, wan2.1-i2v-720p, wan2.2-i2v-a14b, wan2.2-ti2v-5b, wan2.1-i2v-14b-480p-random, "
+               "wan2.1-i2v-14b-720p-random, wan2.2-i2v-a14b-random, wan2.2-ti2v-5b-random")
 SUPPORTED = ", ".join(FAMILIES)
 
 
@@ -81,9 +82,6 @@ def resolve_model(name: str, offline: bool = False, cache_dir: Path | None = Non
         return ModelSource("dir", build_wan(name, cache_dir), name, family="wan")
     if name in WAN_RANDOM:
         return ModelSource("random", WAN_CONFIGS / name, name, family="wan")
-    if name == "wan2.2-ti2v-5b-random":
-        raise UsageError(f"'{name}': Wan 2.2 TI2V-5B (per-token timesteps) is not supported yet; "
-                         "try wan2.2-i2v-a14b-random or wan2.1-i2v-14b-480p-random")
     local = Path(name).expanduser()
     if name not in HUB_ALIASES and local.is_dir():
         return ModelSource("dir", local.resolve(), name, family=family_of_dir(local))
@@ -105,11 +103,6 @@ def family_of_dir(path: Path) -> str:
     if pipeline_class not in FAMILIES:
         raise UsageError(f"'{path}' holds a {pipeline_class}; vidpipe runs {', '.join(FAMILIES)}: point --model at "
                          f"one of those or use one of {KNOWN_NAMES}")
-    if FAMILIES[pipeline_class] == "wan":
-        config = json.loads(index.read_text())
-        if config.get("expand_timesteps"):
-            raise UsageError(f"'{path}' is Wan 2.2 TI2V (per-token timesteps), not supported yet; use a Wan 2.1 "
-                             "I2V or Wan 2.2 I2V-A14B model")
     return FAMILIES[pipeline_class]
 
 

@@ -75,9 +75,7 @@ class WanModel:
         config = pipeline.config
         ratio = self.boundary_ratio = config.get("boundary_ratio")
         self.boundary_timestep = None if ratio is None else ratio * pipeline.scheduler.config.num_train_timesteps
-        self.expand_timesteps = bool(config.get("expand_timesteps", False))
-        if self.expand_timesteps:
-            raise NotImplementedError("Wan TI2V (per-token timesteps, expand_timesteps) is not supported yet")
+        self.expand_timesteps = bool(config.get("expand_timesteps", False))  # Wan 2.2 TI2V-5B
         self.z_dim = pipeline.vae.config.z_dim
         self.temporal_factor = pipeline.vae_scale_factor_temporal
         self.spatial_factor = pipeline.vae_scale_factor_spatial
@@ -161,8 +159,16 @@ class WanModel:
         """Shapes and dtypes of what `encode` returns, in a fixed order. The latents, the first-frame condition and
         the solver's history are fp32, as in the pipeline; the embeddings are in the transformer's dtype."""
         p = params or self.params_of(None)
-        return state_spec(self.latent_shape(p), self.z_dim + self.temporal_factor, self.text_dim, self.image_dim,
-                          self.image_tokens, self.solver_order, self.dtype)
+        latent = self.latent_shape(p)
+        return state_spec(latent, self.condition_shape(latent), self.text_dim, self.image_dim, self.image_tokens,
+                          self.solver_order, self.dtype)
+
+    def condition_shape(self, latent: tuple[int, ...]) -> tuple[int, ...]:
+        """The first-frame condition: mask channels + the VAE latents of the image followed by zero frames, every
+        latent frame (I2V); TI2V: the image's latents alone, one frame."""
+        if self.expand_timesteps:
+            return (1, self.z_dim, 1, *latent[3:])
+        return (1, self.z_dim + self.temporal_factor, *latent[2:])
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
         return self.state_spec(self.params_of(sample))
@@ -227,8 +233,9 @@ class WanModel:
 
         # 3. Starting noise and the first-frame condition (mask + VAE latents), in fp32 as the pipeline does.
         pixels = pipe.video_processor.preprocess(image, height=p.height, width=p.width).to(device, torch.float32)
+        # NOTE: TI2V also returns its first-frame mask, which `denoise_block` rebuilds from the latents' shape.
         latents, condition = pipe.prepare_latents(pixels, 1, self.z_dim, p.height, p.width, p.frames, torch.float32,
-                                                  device, generator)
+                                                  device, generator)[:2]
         ordered = {"latents": latents, "condition": condition, "prompt_embeds": prompt_embeds,
                    "negative_prompt_embeds": negative_embeds, **state}
         SolverState.initial(self.solver_order, latents).into(ordered)
@@ -249,7 +256,8 @@ class WanModel:
         on_device = {k: v.to(self.device) for k, v in state.items() if k not in ("sampling", "solver_scalars")}
         on_device["solver_scalars"] = state["solver_scalars"]
         latents, solver = denoise_block(self.experts(), self.pipeline.scheduler, num_steps, on_device, steps,
-                                        (guidance, guidance_2), self.dtype, self.guide, on_step)
+                                        (guidance, guidance_2), self.dtype, self.guide, on_step,
+                                        self.expand_timesteps)
         solver.into(state)
         return latents
 

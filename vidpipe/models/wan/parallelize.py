@@ -8,7 +8,8 @@
   token-split q/k/v into head-split ones, attention runs unchanged on all tokens of this rank's heads, and a second
   all-to-all turns the output back; `proj_out`'s output is all-gathered. Cross-attention (local queries, the full
   text and image context), the norms, the feed-forward and the modulation are per token and run on local tokens
-  unchanged. Tokens and heads split unevenly (3 heads on sp2: 2 and 1; a rank may get none).
+  unchanged; TI2V's per-token timesteps are cut to the local tokens before the time embedding. Tokens and heads
+  split unevenly (3 heads on sp2: 2 and 1; a rank may get none).
 - `fsdp`: FSDP2 per transformer block, for each expert.
 
 Why our own Ulysses and not diffusers' `enable_parallelism`: a check of it (diffusers 0.42, gloo, CPU) found that it
@@ -144,9 +145,19 @@ def apply_sp(transformer: torch.nn.Module, group: Group) -> None:
         hidden_states, *rest = args
         return (hidden_states[:, split.mine], *rest)
 
+    def keep_local_timesteps(_module, args, kwargs):
+        # TI2V's per-token timesteps (flattened [batch x tokens]): this rank's tokens', so that the blocks'
+        # modulation and the output norm see the same tokens as the hidden states.
+        tokens = kwargs.get("timestep_seq_len")
+        if tokens is None:
+            return None
+        timestep = args[0].unflatten(0, (-1, tokens))[:, split.mine].flatten()
+        return (timestep, *args[1:]), {**kwargs, "timestep_seq_len": split.sizes[group.rank]}
+
     def gather_tokens(_module, _args, output):
         return gather_along(output, 1, split.sizes, group)
 
+    transformer.condition_embedder.register_forward_pre_hook(keep_local_timesteps, with_kwargs=True)
     transformer.blocks[0].register_forward_pre_hook(keep_local_tokens)
     transformer.proj_out.register_forward_hook(gather_tokens)
     for block in transformer.blocks:

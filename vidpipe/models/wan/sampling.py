@@ -22,14 +22,15 @@ from vidpipe.models.base import SampleState, StepCallback, TensorSpec
 TEXT_TOKENS = 512
 
 
-def state_spec(latent: tuple[int, ...], condition_channels: int, text_dim: int, image_dim: int | None,
+def state_spec(latent: tuple[int, ...], condition: tuple[int, ...], text_dim: int, image_dim: int | None,
                image_tokens: int | None, solver_order: int, dtype: torch.dtype) -> dict[str, TensorSpec]:
     """The tensors of a Wan sample in flight, in a fixed order (what `denoise_block` reads and `SolverState`
-    writes): latents, the first-frame condition and the solver's history in fp32, as in the pipeline; the
-    embeddings in the transformer's dtype; the step count, guidance and solver scalars on the host."""
+    writes): latents, the first-frame condition (`condition`: its shape) and the solver's history in fp32, as in
+    the pipeline; the embeddings in the transformer's dtype; the step count, guidance and solver scalars on the
+    host."""
     spec = {
         "latents": TensorSpec(latent, torch.float32),
-        "condition": TensorSpec((1, condition_channels, *latent[2:]), torch.float32),
+        "condition": TensorSpec(condition, torch.float32),
         "prompt_embeds": TensorSpec((1, TEXT_TOKENS, text_dim), dtype),
         "negative_prompt_embeds": TensorSpec((1, TEXT_TOKENS, text_dim), dtype),
     }
@@ -114,6 +115,14 @@ class SequentialGuidance:
         return noise_uncond + scale * (noise_pred - noise_uncond)
 
 
+def first_frame_mask(latents: torch.Tensor) -> torch.Tensor:
+    """Wan 2.2 TI2V (`expand_timesteps`): 0 on the first latent frame (the image's own latents, kept), 1 on the
+    frames being denoised; the pipeline's `first_frame_mask`."""
+    mask = torch.ones(1, 1, *latents.shape[2:], dtype=latents.dtype, device=latents.device)
+    mask[:, :, 0] = 0
+    return mask
+
+
 def expert_switch_step(scheduler, boundary_ratio: float | None, steps: int) -> int | None:
     """The first step of a `steps`-step schedule that runs the low-noise expert (its timestep below the boundary,
     the pipeline's switch), or `steps` if none does; None for a one-expert model. `scheduler` is any scheduler of
@@ -152,15 +161,18 @@ def denoise_block(
     transformer_dtype: torch.dtype,
     guide=None,
     on_step: StepCallback | None = None,
+    expand_timesteps: bool = False,
 ) -> tuple[torch.Tensor, SolverState]:
     """Run steps `steps` (indices into the `num_steps` schedule) of `state`; return the new latents and the solver's
     history after them. `guidance` is (guidance_scale, guidance_scale_2); as in the pipeline, guidance is on when
-    guidance_scale > 1 (and then the low-noise expert uses guidance_scale_2)."""
+    guidance_scale > 1 (and then the low-noise expert uses guidance_scale_2). `expand_timesteps` (Wan 2.2
+    TI2V-5B): the first latent frame is the image's, every step, and timesteps are per token (0 on that frame)."""
     guide = guide or SequentialGuidance()
     latents, condition = state["latents"], state["condition"]
     cond, uncond = state["prompt_embeds"], state["negative_prompt_embeds"]
     image_embeds = state.get("image_embeds")
     use_cfg = guidance[0] > 1
+    mask = first_frame_mask(latents) if expand_timesteps else None
 
     # 1. Position a scheduler at this block's first step, with the solver history the sample carries. NOTE: the
     #    schedule is computed once per model; each block steps a shallow copy with its own history.
@@ -180,9 +192,14 @@ def denoise_block(
         if denoiser is None:
             raise RuntimeError(f"denoise: step {i} needs an expert this rank did not load")
 
-        # 3. The image condition (mask + first-frame latents) beside the latents, in the transformer's dtype.
-        latent_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
-        timestep = t.expand(latents.shape[0])
+        # 3. The image condition, in the transformer's dtype: beside the latents (mask + first-frame latents), or
+        #    TI2V: in place of the first latent frame, which then gets timestep 0 (per token: 2 x 2 patches).
+        if mask is None:
+            latent_input = torch.cat([latents, condition], dim=1).to(transformer_dtype)
+            timestep = t.expand(latents.shape[0])
+        else:
+            latent_input = ((1 - mask) * condition + mask * latents).to(transformer_dtype)
+            timestep = (mask[0][0][:, ::2, ::2] * t).flatten().unsqueeze(0).expand(latents.shape[0], -1)
 
         # 4. Predict the flow, guided.
         noise_pred = guide(denoiser, latent_input, timestep, cond, uncond, image_embeds, scale if use_cfg else None)
@@ -193,4 +210,7 @@ def denoise_block(
         # 6. The one hook per step: strategies time it and report progress here.
         if on_step is not None:
             on_step(i)
-    return latents, SolverState.of(scheduler, latents)
+    solver = SolverState.of(scheduler, latents)
+    if mask is not None and steps.stop == num_steps:  # TI2V: the video's first frame is the image's, as encoded
+        latents = (1 - mask) * condition + mask * latents
+    return latents, solver

@@ -325,7 +325,8 @@ class WanStandIn:
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """As `WanModel.state_spec`: what a sample carries, at Wan's sizes."""
-        return state_spec(tuple(self.params.latent_shape), self.condition_channels, self.config["text_dim"],
+        latent = tuple(self.params.latent_shape)
+        return state_spec(latent, (1, self.condition_channels, *latent[2:]), self.config["text_dim"],
                           self.config.get("image_dim"), self.image_tokens, self.solver_order, self.dtype)
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:

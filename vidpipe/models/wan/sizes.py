@@ -20,6 +20,7 @@ PIPELINE_SIZE = (81, 480, 832)
 DEFAULT_SIZES = {
     "wan-tiny": (9, 32, 48),
     "wan2.2-tiny": (9, 32, 48),
+    "wan2.2-ti2v-tiny": (9, 32, 64),
     "wan-small": (17, 96, 160),
     "wan2.1-i2v-14b-480p-random": (81, 480, 832),
     "wan2.1-i2v-14b-720p-random": (81, 720, 1280),

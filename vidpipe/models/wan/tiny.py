@@ -3,6 +3,8 @@
 Flavors (one folder each under `configs/`, sources in its README):
 - `wan-tiny`: Wan 2.1 style I2V (CLIP image embedding, 36 input channels), 3 heads, 2 layers; seconds on a CPU.
 - `wan2.2-tiny`: Wan 2.2 A14B style: two experts (`transformer`, `transformer_2`), `boundary_ratio` 0.875, no CLIP.
+- `wan2.2-ti2v-tiny`: Wan 2.2 TI2V-5B style: one transformer on 48 latent channels, the Wan 2.2 VAE (16x space,
+  2x2 patches), `expand_timesteps` (the image's latents as the first frame, per-token timesteps), no CLIP.
 - `wan-small`: Wan 2.1 style, 12 heads x 64, 8 layers: one transformer call at 17 x 96 x 160 keeps a CPU thread
   busy for 1.4-2.3 s, so CPU measurements of the latency axes measure compute, not overhead.
 - full-size architectures (configs only, for the meta device): `wan2.1-i2v-14b-480p-random`,
@@ -36,7 +38,7 @@ from vidpipe.models.source import build_once
 CONFIGS_DIR = Path(__file__).parent / "configs"
 
 #: Small enough to build with (random) weights and save; every rank then loads identical weights.
-BUILDABLE_FLAVORS = ("wan-tiny", "wan2.2-tiny", "wan-small")
+BUILDABLE_FLAVORS = ("wan-tiny", "wan2.2-tiny", "wan2.2-ti2v-tiny", "wan-small")
 #: Real architectures, configs only: built on the meta device (counts, memory) or, with weights, in each worker.
 FULL_SIZE_FLAVORS = (
     "wan2.1-i2v-14b-480p-random",
