@@ -21,7 +21,9 @@ DEFAULT_SIZES = {
     "wan-tiny": (9, 32, 48),
     "wan2.2-tiny": (9, 32, 48),
     "wan2.2-ti2v-tiny": (9, 32, 64),
-    "wan-small": (17, 96, 160),
+    # 1,200 tokens against a 769-token context (512 text + 257 image): at 300 tokens (96 x 160) the context's
+    # keys and values, which every sp rank computes whole, were as much work as the video's own tokens.
+    "wan-small": (17, 192, 320),
     "wan2.1-i2v-14b-480p-random": (81, 480, 832),
     "wan2.1-i2v-14b-720p-random": (81, 720, 1280),
     "wan2.2-i2v-a14b-random": (81, 720, 1280),

@@ -5,8 +5,9 @@ Flavors (one folder each under `configs/`, sources in its README):
 - `wan2.2-tiny`: Wan 2.2 A14B style: two experts (`transformer`, `transformer_2`), `boundary_ratio` 0.875, no CLIP.
 - `wan2.2-ti2v-tiny`: Wan 2.2 TI2V-5B style: one transformer on 48 latent channels, the Wan 2.2 VAE (16x space,
   2x2 patches), `expand_timesteps` (the image's latents as the first frame, per-token timesteps), no CLIP.
-- `wan-small`: Wan 2.1 style, 12 heads x 64, 8 layers: one transformer call at 17 x 96 x 160 keeps a CPU thread
-  busy for 1.4-2.3 s, so CPU measurements of the latency axes measure compute, not overhead.
+- `wan-small`: Wan 2.1 style, 12 heads x 64, 8 layers: one transformer call at its default 17 x 192 x 320 (1,200
+  tokens) keeps a CPU thread busy for about 3.5-4.5 s, so CPU measurements of the latency axes measure compute, not
+  overhead.
 - full-size architectures (configs only, for the meta device): `wan2.1-i2v-14b-480p-random`,
   `wan2.1-i2v-14b-720p-random`, `wan2.2-i2v-a14b-random`, `wan2.2-ti2v-5b-random`.
 
