@@ -30,6 +30,26 @@ def run_cli(*args: str, timeout: float = 240, cwd: Path | None = None) -> subpro
     )
 
 
+def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
+    """`vidpipe ARGS` in this process, as `run_cli` returns it: its ranks are forked from this test process's worker
+    server, started once and warm, so a run costs no interpreter start and no preload (about 8 s each here). For
+    runs whose point is not the process boundary (signals, a killed parent, torchrun keep `run_cli`)."""
+    from vidpipe.cli import main
+
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
+        patch.setenv("COLUMNS", vidpipe_env()["COLUMNS"])  # as wide as a subprocess's: messages on one line
+        main(list(args))
+    captured = capsys.readouterr()
+    return subprocess.CompletedProcess(["vidpipe", *args], exit_info.value.code, captured.out, captured.err)
+
+
+@pytest.fixture
+def here(capsys):
+    """`run_here` bound to this test's capsys: `here("simulate", ...)` -> CompletedProcess."""
+    return lambda *args: run_here(capsys, *args)
+
+
 def run_main(capsys, *args: str) -> tuple[int, str]:
     """`vidpipe ARGS` in this process (for errors raised before any worker starts): (exit code, stderr)."""
     from vidpipe.cli import main

@@ -24,9 +24,9 @@ RUN_KEYS = {
 PLOTS = ("throughput_vs_gpus.png", "latency_vs_gpus.png", "scaling_efficiency.png", "peak_memory_per_rank.png")
 
 
-def test_dummy_bench_writes_json_csv_table_and_plots(cli, tmp_path):
+def test_dummy_bench_writes_json_csv_table_and_plots(here, tmp_path):
     json_path, csv_path, plot_dir = tmp_path / "bench.json", tmp_path / "bench.csv", tmp_path / "plots"
-    result = cli("bench", "--compare", "pp,dp,fsdp", "--gpus", "1,2", "--steps", "4", *SMALL,
+    result = here("bench", "--compare", "pp,dp,fsdp", "--gpus", "1,2", "--steps", "4", *SMALL,
                  "--json", str(json_path), "--csv", str(csv_path), "--plot", str(plot_dir))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "bench: dummy" in result.stderr
@@ -67,11 +67,11 @@ def test_dummy_bench_writes_json_csv_table_and_plots(cli, tmp_path):
             assert image.width >= 300, name
 
 
-def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(cli, tmp_path):
+def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(here, tmp_path):
     """The real-model path: the diffusers baseline runs first, and each plan's latents must match its; the
     latency axes report their latency speed-up and the bytes they sent, measured and worked out."""
     out = tmp_path / "tiny.json"
-    result = cli("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare",
+    result = here("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare",
                  "diffusers,pp,fsdp,cfg2,sp2", "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples",
                  "0", "--frames", "3", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -94,8 +94,8 @@ def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(cli, tmp_p
     assert runs[0]["steps_per_rank"] == [2] and "stock diffusers pipeline" in runs[0]["step_assignment"]
 
 
-def test_pipeline_with_more_ranks_than_steps_is_skipped_not_failed(cli):
-    result = cli("bench", "--compare", "pp", "--gpus", "1,4", "--steps", "2", *SMALL, "--json", "-")
+def test_pipeline_with_more_ranks_than_steps_is_skipped_not_failed(here):
+    result = here("bench", "--compare", "pp", "--gpus", "1,4", "--steps", "2", *SMALL, "--json", "-")
     assert result.returncode == 0, result.stderr[-3000:]
     one, four = json.loads(result.stdout)["runs"]  # stdout holds the JSON alone; the table went to stderr
     assert (one["strategy"], one["world_size"], one["status"], one["verified"]) == ("pp", 1, "ok", True)

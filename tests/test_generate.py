@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -15,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, read_json, run_main, vidpipe_env
+from tests.conftest import read_json, run_here, run_main
 from vidpipe.models.registry import resolve_model
 
 STEPS = 4
@@ -38,15 +36,13 @@ def photo(tmp_path_factory):
     return path
 
 
-def generate(*args, threads: int | None = None) -> subprocess.CompletedProcess:
-    env = vidpipe_env()
-    if threads:
-        env["VIDPIPE_THREADS_PER_RANK"] = str(threads)
-    return subprocess.run([sys.executable, "-m", "vidpipe", "generate", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=REPO)
+@pytest.fixture
+def generate(capsys):
+    """`vidpipe generate ARGS` in this process (ranks from its warm worker server) -> CompletedProcess."""
+    return lambda *args: run_here(capsys, "generate", *args)
 
 
-def test_two_ranks_write_every_format(tmp_path, cache, photo):
+def test_two_ranks_write_every_format(generate, tmp_path, cache, photo):
     out = tmp_path / "out"
     result = generate(str(photo), *COMMON, "--cache-dir", str(cache), "--gpus", "2", "--samples", "3",
                       "--seed", "5", "--out", str(out), "--format", "mp4,gif,png", "--save-latents",
@@ -73,7 +69,7 @@ def test_two_ranks_write_every_format(tmp_path, cache, photo):
     assert "Files written" in result.stderr
 
 
-def test_auto_splits_one_video_over_the_ranks_and_says_why(tmp_path, cache, photo):
+def test_auto_splits_one_video_over_the_ranks_and_says_why(generate, tmp_path, cache, photo):
     """The default plan: one sample on 2 ranks goes to the guidance split, and its decode chunks are spread."""
     result = generate(str(photo), *COMMON, "--cache-dir", str(cache), "--gpus", "2", "--decode-chunk-size", "2",
                       "--out", str(tmp_path / "o"), "--format", "mp4", "--json", str(tmp_path / "r.json"))

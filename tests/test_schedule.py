@@ -31,7 +31,7 @@ def test_blocks_break_at_the_expert_switch_when_they_can():
     assert block_sizes(6, 3, switch=2) == [2, 2, 2]
     assert block_sizes(5, 4, switch=1) == [1, 2, 1, 1]
     assert describe_blocks(40, 2, "stage", switch=17) == (
-        "40 steps on 2 stages: stage 0 run 17 steps, stage 1 run 23 "
+        "40 steps on 2 stages: stage 0 runs 17 steps, stage 1 runs 23 "
         "(the blocks break at step 17, where the low-noise expert takes over)")
 
 

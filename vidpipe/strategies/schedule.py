@@ -56,8 +56,8 @@ def describe_blocks(total_steps: int, world_size: int, unit: str = "rank", switc
                 runs.append((k, k, size))
         said = []
         for k, (first, last, size) in enumerate(runs):
-            who = f"{unit} {first}" if first == last else f"{unit}s {first}-{last}"
-            said.append(f"{who} run {size} steps" if k == 0 else f"{who} run {size}")
+            who = f"{unit} {first} runs" if first == last else f"{unit}s {first}-{last} run"
+            said.append(f"{who} {size} steps" if k == 0 else f"{who} {size}")
         how = f"{total_steps} steps on {world_size} {unit}s: " + ", ".join(said)
     if stages_before_switch(total_steps, world_size, switch) is not None:
         how += f" (the blocks break at step {switch}, where the low-noise expert takes over)"
