@@ -157,7 +157,8 @@ def apply_sp(transformer: torch.nn.Module, group: Group) -> None:
     def gather_tokens(_module, _args, output):
         return gather_along(output, 1, split.sizes, group)
 
-    transformer.condition_embedder.register_forward_pre_hook(keep_local_timesteps, with_kwargs=True)
+    if hasattr(transformer, "condition_embedder"):  # the simulator's stand-in has none (one timestep per call)
+        transformer.condition_embedder.register_forward_pre_hook(keep_local_timesteps, with_kwargs=True)
     transformer.blocks[0].register_forward_pre_hook(keep_local_tokens)
     transformer.proj_out.register_forward_hook(gather_tokens)
     for block in transformer.blocks:
