@@ -76,3 +76,16 @@ def test_wan_usage_errors_are_one_line(capsys, args, expected):
     code, err = run_main(capsys, "simulate", "--device", "cpu", *args)
     assert code == 2, err
     assert expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_a14b_stand_in_breaks_pp_at_the_expert_switch(here, tmp_path):
+    """As generate does on the real model: 8 steps with A14B's boundary 0.9 switch at step 3, so pp2 is 3 + 5."""
+    import json
+
+    result = here("simulate", "--model", "wan2.2-i2v-a14b-random", "--gpus", "2", "--strategy", "pp", "--steps",
+                  "8", "--samples", "2", "--latent-shape", "1", "16", "1", "4", "4", "--device", "cpu", "--json",
+                  str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["steps_per_rank"] == [3, 5] and report["verified"] is True
+    assert "the blocks break at step 3" in report["step_assignment"]

@@ -148,6 +148,7 @@ def run_simulation(config: SimulateConfig) -> dict | None:
     report = run_report(
         "simulate", config.model, config.run.strategy, placement.plan, spec, placement.dtype, config.steps,
         [config.seed + i for i in range(config.samples)], config.warmup_samples, result["records"],
+        expert_switch=wan_simulator().expert_switch(config.model, config.steps) if wan else None,
         latent_shape=list(config.latent_shape), step_ms=config.step_ms,
     )
     tl = timeline(result["records"])

@@ -33,7 +33,14 @@ from vidpipe.errors import UsageError
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
 from vidpipe.models.wan.cost import wan_bytes_per_step
 from vidpipe.models.wan.parallelize import UlyssesSelfAttention
-from vidpipe.models.wan.sampling import Experts, SequentialGuidance, SolverState, denoise_block, state_spec
+from vidpipe.models.wan.sampling import (
+    Experts,
+    SequentialGuidance,
+    SolverState,
+    denoise_block,
+    expert_switch_step,
+    state_spec,
+)
 from vidpipe.models.wan.sizes import DEFAULT_SIZES, denoiser_config, image_token_count, size_factors
 from vidpipe.parallel.comm import Group, all_to_all
 from vidpipe.parallel.gpu_model import gpu_model_figures
@@ -74,6 +81,12 @@ def read_flavor(flavor: str) -> FlavorConfigs:
     index = json.loads((path / "model_index.json").read_text())
     scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
     return FlavorConfigs(denoiser_config(path), scheduler, index.get("boundary_ratio"), image_token_count(path))
+
+
+def expert_switch(flavor: str, steps: int) -> int | None:
+    """The step where the flavor's low-noise expert takes over (None: one expert), as for the real model."""
+    configs = read_flavor(flavor)
+    return expert_switch_step(UniPCMultistepScheduler.from_config(configs.scheduler), configs.boundary_ratio, steps)
 
 
 def default_latent_shape(flavor: str) -> tuple[int, int, int, int, int]:
@@ -305,12 +318,17 @@ class WanStandIn:
         self.kernel = EmulatedKernel(params.step_ms, calls * params.latent_shape[0] *
                                      token_count(self.config, params.latent_shape))
         self.high_noise = StandInTransformer(self.config, 0, self.kernel, dtype, device)
+        self.boundary_ratio = configs.boundary_ratio
         self.low_noise = None
         self.boundary_timestep = None
         if configs.boundary_ratio is not None:
             self.low_noise = StandInTransformer(self.config, 1, self.kernel, dtype, device)
             self.boundary_timestep = configs.boundary_ratio * configs.scheduler["num_train_timesteps"]
         self.guide = SequentialGuidance()  # the `cfg` axis replaces it
+
+    def expert_switch(self, steps: int) -> int | None:
+        """As `WanModel.expert_switch`: the step pipeline's blocks break here on Wan 2.2 A14B."""
+        return expert_switch_step(self.scheduler, self.boundary_ratio, steps)
 
     @property
     def unet(self) -> torch.nn.Module | None:
