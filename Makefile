@@ -32,10 +32,10 @@ $(VENV)/.installed: pyproject.toml
 		|| $(PY) -m pip install --quiet --prefer-binary -e ".[dev]"
 	touch $@
 
-# Two pytest workers: half the suite waits on real processes (ranks frozen or killed, servers starting), and the
-# other worker computes meanwhile.
+# NOTE: one pytest process. Two workers (pytest-xdist -n 2) were no faster on 2 cores (the suite is CPU-bound) and,
+# with the CPU oversubscribed, two serve tests saw a job stay queued for 120 s.
 test: install
-	$(PY) -m pytest -q -n 2 --dist load $(PYTEST_ARGS)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/vidpipe simulate --gpus 4 --strategy pp --steps 28 --samples 12 --step-ms 20 --device cpu \

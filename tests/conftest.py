@@ -38,7 +38,9 @@ def run_here(capsys, *args: str) -> subprocess.CompletedProcess:
 
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as exit_info:
-        patch.setenv("COLUMNS", vidpipe_env()["COLUMNS"])  # as wide as a subprocess's: messages on one line
+        # As wide as a subprocess's console where rich reads COLUMNS (not everywhere: under pytest-xdist lines may
+        # still wrap, so tests match messages with their whitespace normalised).
+        patch.setenv("COLUMNS", vidpipe_env()["COLUMNS"])
         main(list(args))
     captured = capsys.readouterr()
     return subprocess.CompletedProcess(["vidpipe", *args], exit_info.value.code, captured.out, captured.err)
