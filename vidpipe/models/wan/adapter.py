@@ -87,6 +87,7 @@ class WanModel:
         self.solver_order = pipeline.scheduler.config.solver_order
         self._prompt_cache: dict[tuple[str, str, bool], tuple[torch.Tensor, torch.Tensor]] = {}
         self._prompts_to_come: set[tuple[str, str, bool]] | None = None  # None: any prompt may come (a server)
+        self._switches: dict[int, int | None] = {}  # steps -> expert switch (asked once per sample in flight)
 
     @classmethod
     def load(cls, source, device: torch.device, dtype: torch.dtype | None, params: WanParams,
@@ -138,7 +139,9 @@ class WanModel:
 
     def expert_switch(self, steps: int) -> int | None:
         """The step where the low-noise expert takes over (Wan 2.2 A14B; None: one expert)."""
-        return expert_switch_step(self.pipeline.scheduler, self.boundary_ratio, steps)
+        if steps not in self._switches:
+            self._switches[steps] = expert_switch_step(self.pipeline.scheduler, self.boundary_ratio, steps)
+        return self._switches[steps]
 
     def denoisers(self) -> list[torch.nn.Module]:
         """Every loaded expert (fsdp shards each, sp splits each)."""

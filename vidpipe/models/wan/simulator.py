@@ -319,6 +319,7 @@ class WanStandIn:
                                      token_count(self.config, params.latent_shape))
         self.high_noise = StandInTransformer(self.config, 0, self.kernel, dtype, device)
         self.boundary_ratio = configs.boundary_ratio
+        self._switches: dict[int, int | None] = {}  # steps -> expert switch (asked once per sample in flight)
         self.low_noise = None
         self.boundary_timestep = None
         if configs.boundary_ratio is not None:
@@ -328,7 +329,9 @@ class WanStandIn:
 
     def expert_switch(self, steps: int) -> int | None:
         """As `WanModel.expert_switch`: the step pipeline's blocks break here on Wan 2.2 A14B."""
-        return expert_switch_step(self.scheduler, self.boundary_ratio, steps)
+        if steps not in self._switches:
+            self._switches[steps] = expert_switch_step(self.scheduler, self.boundary_ratio, steps)
+        return self._switches[steps]
 
     @property
     def unet(self) -> torch.nn.Module | None:
