@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from vidpipe.errors import UsageError
+from vidpipe.limits import Limits
 from vidpipe.parallel.plan import AUTO, ParallelPlan, PlanSpec, parse_plan
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
@@ -162,6 +163,7 @@ class GenerateConfig:
     guidance_scale: float | None = None  # None: the model's own (5.0)
     guidance_scale_2: float | None = None  # None: guidance_scale
     text_encoder_device: str = "gpu"
+    limits: Limits = Limits()  # the largest job (samples, frames, pixels, steps) taken; refused in one line beyond
     #: The options the user gave (field names): the model's family refuses those it does not take, and its own
     #: defaults replace the rest (`models/<family>/family.py complete`).
     given: frozenset[str] = frozenset()
@@ -408,12 +410,14 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000  # 0: any free port (printed)
     max_queue: int = 100
-    token: str | None = None
+    tokens: tuple[str, ...] = ()  # each one a client's; a client's queued jobs are capped by max_queued_per_client
     max_upload_mb: float = 20.0
     offline: bool = False
     cache_dir: str | None = None
     vae_device: str = "gpu"
     text_encoder_device: str | None = None  # Wan: gpu | cpu (None: gpu); refused for SVD models, as in generate
+    limits: Limits = Limits()
+    max_queued_per_client: int | None = None  # a client: a token, or an address where the server has none
 
     def __post_init__(self):
         if self.run.strategy == AUTO:
@@ -424,7 +428,11 @@ class ServeConfig:
         _at_least("--max-queue", self.max_queue, 1)
         if self.max_upload_mb <= 0:
             raise UsageError(f"--max-upload-mb {self.max_upload_mb}: must be a positive number of MB")
-        if self.host not in LOCAL_HOSTS and not self.token:
+        if self.max_queued_per_client is not None:
+            _at_least("--max-queued-per-client", self.max_queued_per_client, 1)
+        if any(not token for token in self.tokens):
+            raise UsageError("--token: an empty token would let anyone in; give a secret string")
+        if self.host not in LOCAL_HOSTS and not self.tokens:
             raise UsageError(f"--host {self.host} opens the server to other machines: set --token (or VIDPIPE_TOKEN) "
                              "so that only those who hold it can submit jobs and read results")
         _choice("--vae-device", self.vae_device, ("gpu", "cpu"))

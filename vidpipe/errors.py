@@ -14,13 +14,17 @@ class UsageError(VidpipeError):
 
 
 class RankFailed(VidpipeError):
-    """A worker raised, died or stalled; the message names the rank (`details`: the worker's traceback)."""
+    """A worker raised, died or stalled; the message names the rank (`details`: the worker's traceback). `rank`:
+    the rank at fault when known; `exitcode`: its process's (negative: the signal that killed it), None while it
+    lives (it raised or stalled)."""
 
     exit_code = 1
 
-    def __init__(self, message: str, details: str = ""):
+    def __init__(self, message: str, details: str = "", rank: int | None = None, exitcode: int | None = None):
         super().__init__(message)
         self.details = details
+        self.rank = rank
+        self.exitcode = exitcode
 
 
 class Interrupted(VidpipeError):

@@ -12,11 +12,13 @@ Below both `jobs/` (job files) and `serve/` (the server): neither imports the ot
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vidpipe.config import GenerateConfig, RunOptions
 from vidpipe.errors import UsageError
+from vidpipe.limits import Limits
 from vidpipe.media import parse_formats
 
 #: What every job takes, whatever the model: the names of `generate`'s options (`format` is `--format`).
@@ -88,13 +90,21 @@ def parse_options(raw: dict, where: str = "") -> dict:
     return options
 
 
-def parse_sweep(raw, where: str = "") -> list[dict]:
-    """A JSON list (or its text) of per-sample overrides -> typed overrides."""
+def parse_sweep(raw, where: str = "", limits: Limits | None = None) -> list[dict]:
+    """A JSON list (or its text) of per-sample overrides -> typed overrides; its length is checked against
+    `limits` before any entry is."""
     if isinstance(raw, str):
         try:
             raw = json.loads(raw)
         except json.JSONDecodeError as error:
             raise UsageError(f"{where}sweep: not JSON ({error.msg}); e.g. [{{\"seed\": 1}}, {{\"seed\": 7}}]") from None
+        except RecursionError:
+            raise UsageError(f"{where}sweep: nested too deeply; a sweep is a flat list of objects") from None
+    if limits is not None and isinstance(raw, list):
+        try:
+            limits.check_count(len(raw), sweep=True)
+        except UsageError as error:
+            raise UsageError(f"{where}{error}") from None
     if not isinstance(raw, list) or not raw or not all(isinstance(entry, dict) for entry in raw):
         raise UsageError(f"{where}sweep: a non-empty JSON list of objects, e.g. "
                          "[{\"motion_bucket_id\": 60}, {\"motion_bucket_id\": 180}] or "
@@ -115,40 +125,107 @@ def job_base(**run_settings) -> GenerateConfig:
     return GenerateConfig(RunOptions(strategy="dp"), ("job",), **run_settings)
 
 
-def expand(options: dict, sweep: list[dict] | None, source, plan, base: GenerateConfig | None = None,
-           where: str = "") -> tuple[list[SampleSpec], tuple]:
-    """A job's samples (sample i: seed + i unless its sweep entry sets one) and its outputs (formats, and
-    "latents" with save_latents).
+@dataclass(frozen=True)
+class CheckedJob:
+    """A job whose every sample has been checked (fields, sizes, plan, limits): how many samples, what they output,
+    their steps in all. Its samples are built only when asked for (`samples`), one at a time, so a job of any
+    admitted size costs the same to take in."""
+
+    options: dict
+    sweep: list[dict] | None
+    count: int
+    formats: tuple
+    steps_total: int
+    source: object
+    plan: object
+    base: GenerateConfig
+    largest: object  # the parameters of its sample with the most pixels x frames (what memory is checked for)
+
+    def samples(self, start: int = 0) -> Iterator[SampleSpec]:
+        """Sample i: seed + i unless its sweep entry sets one; without a sweep every sample has the same
+        parameters, built once."""
+        family = _family(self.source)
+        shared = None
+        first_seed = self.options.get("seed", self.base.seed)
+        for index in range(start, self.count):
+            override = self.sweep[index] if self.sweep else {}
+            seed = override["seed"] if "seed" in override else first_seed + index
+            if self.sweep:
+                params = _params(family, self.base, self.options, override, self.source, self.plan, index, True, "")
+            else:
+                shared = shared or _params(family, self.base, self.options, {}, self.source, self.plan, 0, False, "")
+                params = shared
+            yield SampleSpec(index, seed, params)
+
+
+def check_job(options: dict, sweep: list[dict] | None, source, plan, base: GenerateConfig | None = None,
+              limits: Limits | None = None, where: str = "") -> CheckedJob:
+    """Check a job before it is queued: its size against `limits` first (before a single sample is built), then
+    every distinct sample's parameters (the family's rules, `plan`'s needs, the limits on frames, pixels, steps
+    and seeds). Raises UsageError with the job's first problem.
 
     `source` is the model (its family builds each sample's parameters, sizes resolve against it), `plan` the
     `ParallelPlan` samples run under (pp needs a step per stage, cfg guidance, SVD's sp a frame per rank); `base`
-    the options a job does not give (a job file: the command's; a server: `job_base`). Raises UsageError with the
-    job's first problem.
+    the options a job does not give (a job file: the command's; a server: `job_base`).
     """
-    from vidpipe.models.registry import family_module
-
-    family = family_module(source.family)
+    family = _family(source)
     base = base if base is not None else job_base()
-    formats = parse_formats(options.get("format", ",".join(base.formats)))
-    job = {k: v for k, v in options.items() if k not in (*PER_JOB, "seed")}
+    limits = (limits or Limits()).for_model(source)
     if sweep and "samples" in options and options["samples"] != len(sweep):
         raise UsageError(f"{where}samples {options['samples']} and a sweep of {len(sweep)}: a sweep gives one "
                          "sample per entry; drop samples")
     count = len(sweep) if sweep else options.get("samples", base.samples)
-    first_seed = options.get("seed", base.seed)
-    specs = []
-    for index in range(count):
-        override = sweep[index] if sweep else {}
-        values = {**job, **{k: v for k, v in override.items() if k != "seed"}}
-        seed = override["seed"] if "seed" in override else first_seed + index
+    try:
+        limits.check_count(count, sweep=bool(sweep))
+        formats = tuple(parse_formats(options.get("format", ",".join(base.formats))))
+        first_seed = options.get("seed", base.seed)
+        seeds = [entry.get("seed", first_seed + i) for i, entry in enumerate(sweep)] if sweep else [first_seed]
+        limits.check_seeds(min(seeds), max(seeds) + (count - 1 if not sweep else 0))
+    except UsageError as error:
+        raise UsageError(f"{where}{error}") from None
+    steps_total, largest = 0, None
+    for index, override in enumerate(sweep or [{}]):
+        params = _params(family, base, options, override, source, plan, index, bool(sweep), where)
         try:
-            params = family.job_params(_sample_config(base, values), source, plan)
+            limits.check_sample(params.steps, params.frames, params.height, params.width)
         except UsageError as error:
             label = f"sweep[{index}]: " if sweep else ""
-            raise UsageError(f"{where}{label}{_field_names(str(error))}") from None
-        specs.append(SampleSpec(index, seed, params))
+            raise UsageError(f"{where}{label}{error}") from None
+        steps_total += params.steps
+        if largest is None or _volume(params) > _volume(largest):
+            largest = params
     latents = options.get("save_latents", base.save_latents)
-    return specs, tuple(formats) + (("latents",) if latents else ())
+    return CheckedJob(options, sweep, count, formats + (("latents",) if latents else ()),
+                      steps_total if sweep else steps_total * count, source, plan, base, largest)
+
+
+def expand(options: dict, sweep: list[dict] | None, source, plan, base: GenerateConfig | None = None,
+           where: str = "", limits: Limits | None = None) -> tuple[list[SampleSpec], tuple]:
+    """A job's samples, all built (a job file's), and its outputs (formats, and "latents" with save_latents)."""
+    job = check_job(options, sweep, source, plan, base, limits, where)
+    return list(job.samples()), job.formats
+
+
+def _volume(params) -> int:
+    return params.frames * params.height * params.width
+
+
+def _family(source):
+    from vidpipe.models.registry import family_module
+
+    return family_module(source.family)
+
+
+def _params(family, base: GenerateConfig, options: dict, override: dict, source, plan, index: int, in_sweep: bool,
+            where: str):
+    """One sample's parameters: the job's options, then its sweep entry's (all but the seed)."""
+    job = {k: v for k, v in options.items() if k not in (*PER_JOB, "seed")}
+    values = {**job, **{k: v for k, v in override.items() if k != "seed"}}
+    try:
+        return family.job_params(_sample_config(base, values), source, plan)
+    except UsageError as error:
+        label = f"sweep[{index}]: " if in_sweep else ""
+        raise UsageError(f"{where}{label}{_field_names(str(error))}") from None
 
 
 def _sample_config(base: GenerateConfig, values: dict) -> GenerateConfig:

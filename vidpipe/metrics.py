@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -209,6 +210,26 @@ def memory_needed_gb(allocated_gb: float, reserved_gb: float | None, driver_gb: 
 def peak_rss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> None:
+    """Start this process's peak resident memory (Linux VmHWM) again from what it holds now: a server's rank does,
+    once loaded, so that its peak says what its jobs took (see `serve/memory.py`). Nothing where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def process_peak_rss(pid: int) -> int | None:
+    """Peak resident memory (VmHWM) of a live process, in bytes; None where it cannot be read."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,10 @@ from vidpipe.cli.options import (
     GuidanceScale2,
     JsonPath,
     LoadTimeout,
+    MaxFrames,
+    MaxPixels,
+    MaxSamplesPerJob,
+    MaxSteps,
     NegativePrompt,
     Offline,
     Prompt,
@@ -27,6 +31,7 @@ from vidpipe.cli.options import (
     WarmupSamples,
 )
 from vidpipe.config import GenerateConfig, RunOptions
+from vidpipe.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SAMPLES_PER_JOB, DEFAULT_MAX_STEPS, Limits
 from vidpipe.runtime.forkserver import start_worker_server
 
 
@@ -92,6 +97,10 @@ def generate(
     compile_unet: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the UNet block by block (its repeated blocks; minutes to compile the first "
                           "time, cached after; on CPU it needs a C compiler). Works with every plan.")] = False,
+    max_samples_per_job: MaxSamplesPerJob = DEFAULT_MAX_SAMPLES_PER_JOB,
+    max_frames: MaxFrames = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    max_steps: MaxSteps = DEFAULT_MAX_STEPS,
     stall_timeout: StallTimeout = 300.0,
     load_timeout: LoadTimeout = 600.0,
     dist_timeout: DistTimeout = 1800.0,
@@ -122,6 +131,6 @@ def generate(
         width=width, vae_device=vae_device, out=str(out), formats=parse_formats(formats), save_latents=save_latents,
         offline=offline, cache_dir=str(cache_dir) if cache_dir else None, json_path=json_path, overwrite=overwrite,
         warmup_samples=warmup_samples, resume=resume, jobs_path=str(jobs) if jobs else None, **given,
-        given=frozenset(given),
+        limits=Limits(max_samples_per_job, max_frames, max_pixels, max_steps), given=frozenset(given),
     )
     run_generate(config)

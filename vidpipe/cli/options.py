@@ -53,3 +53,12 @@ GuidanceScale = Annotated[float | None, typer.Option(
     "--guidance-scale", help="Wan: classifier-free guidance scale (default 5.0; 1 or less: off).")]
 GuidanceScale2 = Annotated[float | None, typer.Option(
     "--guidance-scale-2", help="Wan 2.2 A14B: the low-noise expert's scale (default: --guidance-scale).")]
+
+# Admission limits (vidpipe/limits.py): the largest job taken, the same for generate, job files and serve.
+MaxSamplesPerJob = Annotated[int, typer.Option(
+    "--max-samples-per-job", help="Most samples a job (or an image's --samples, or a sweep's entries) may ask for.")]
+MaxFrames = Annotated[int | None, typer.Option(
+    "--max-frames", help="Most frames a video may have (default: the model's own maximum).")]
+MaxPixels = Annotated[int, typer.Option(
+    "--max-pixels", help="Most pixels a frame may have, height x width (default 1920 x 1080).")]
+MaxSteps = Annotated[int, typer.Option("--max-steps", help="Most denoising steps a sample may ask for.")]

@@ -17,10 +17,15 @@ from vidpipe.cli.options import (
     Dtype,
     Gpus,
     LoadTimeout,
+    MaxFrames,
+    MaxPixels,
+    MaxSamplesPerJob,
+    MaxSteps,
     Offline,
     StallTimeout,
 )
 from vidpipe.config import RunOptions, ServeConfig
+from vidpipe.limits import DEFAULT_MAX_PIXELS, DEFAULT_MAX_SAMPLES_PER_JOB, DEFAULT_MAX_STEPS, Limits
 from vidpipe.runtime.forkserver import start_worker_server
 
 
@@ -43,8 +48,16 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on; 0 = any free port (printed).")] = 8000,
     max_queue: Annotated[int, typer.Option(
         "--max-queue", help="Jobs waiting at most; a full queue answers 429 at once.")] = 100,
-    token: Annotated[str | None, typer.Option(
-        help="Bearer token every route but /v1/health requires (default: $VIDPIPE_TOKEN, else none).")] = None,
+    max_queued_per_client: Annotated[int | None, typer.Option(
+        "--max-queued-per-client", help="Jobs one client may have waiting (a client: its token, or its address "
+                                        "when the server has none); more answer 429 with Retry-After.")] = None,
+    max_samples_per_job: MaxSamplesPerJob = DEFAULT_MAX_SAMPLES_PER_JOB,
+    max_frames: MaxFrames = None,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    max_steps: MaxSteps = DEFAULT_MAX_STEPS,
+    token: Annotated[list[str] | None, typer.Option(
+        help="Bearer token every route but /v1/health requires; repeat it to give each client its own (default: "
+             "$VIDPIPE_TOKEN, comma-separated, else none).")] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload.")] = 20.0,
     vae_device: Annotated[str, typer.Option(
         "--vae-device", help="gpu | cpu: where the warm ranks decode (the UNet stays loaded).")] = "gpu",
@@ -70,7 +83,9 @@ def serve(
 
     run = RunOptions(gpus, strategy, device, dtype, backend, stall_timeout, False, load_timeout, compile_unet,
                      dist_timeout_s=dist_timeout)
+    tokens = tuple(token or [t for t in os.environ.get("VIDPIPE_TOKEN", "").split(",") if t])
     run_server(ServeConfig(
-        run, model, str(out), host, port, max_queue, token or os.environ.get("VIDPIPE_TOKEN") or None, max_upload_mb,
-        offline, str(cache_dir) if cache_dir else None, vae_device, text_encoder_device,
+        run, model, str(out), host, port, max_queue, tokens, max_upload_mb, offline,
+        str(cache_dir) if cache_dir else None, vae_device, text_encoder_device,
+        Limits(max_samples_per_job, max_frames, max_pixels, max_steps), max_queued_per_client,
     ))

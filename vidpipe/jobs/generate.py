@@ -134,8 +134,12 @@ class RunPlan:
 
 def plan_images(config: GenerateConfig, source) -> RunPlan:
     """Images on the command line: every sample with the run's options."""
-    images = [media.load_image(Path(path)) for path in config.images]
     size = family_module(source.family).resolve_size(source, config.frames, config.height, config.width)
+    limits = config.limits.for_model(source)  # the same limits, and words, as a server's and a job file's
+    limits.check_count(config.samples)
+    limits.check_seeds(config.seed, config.seed + config.num_samples - 1)
+    limits.check_sample(config.steps, *size)
+    images = [media.load_image(Path(path)) for path in config.images]
     if source.family == "svd" and config.decode_chunk_size > size[0]:
         raise UsageError(f"--decode-chunk-size {config.decode_chunk_size}: must be between 1 and {size[0]} frames")
     all_samples = plan_samples(config, images)
@@ -154,7 +158,7 @@ def plan_job_file(config: GenerateConfig, source) -> RunPlan:
         image = media.load_image(Path(entry.image))
         # NOTE: checked here on one rank; generate checks every sample against the plan once it is placed.
         specs, kinds = expand(entry.options, entry.sweep, source, ParallelPlan("dp", 1), config,
-                              f"{config.jobs_path} job {entry.id}: ")
+                              f"{config.jobs_path} job {entry.id}: ", config.limits)
         stem = Path(entry.image).stem
         media.check_output_dir(out / entry.id)
         for spec in specs:

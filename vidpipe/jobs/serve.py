@@ -27,7 +27,7 @@ import torch.distributed as dist
 from vidpipe import media
 from vidpipe.jobs.decode import DecodePart, DecodeTask, gather_frames, write_sample
 from vidpipe.jobs.diffusion import build_layout
-from vidpipe.metrics import StepRecorder
+from vidpipe.metrics import StepRecorder, reset_peak_rss
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import family_module
 from vidpipe.models.source import ModelSource
@@ -36,7 +36,16 @@ from vidpipe.parallel.layout import Layout
 from vidpipe.parallel.parallelize import parallelize
 from vidpipe.parallel.plan import ParallelPlan, chunk_ranges
 from vidpipe.runtime.dist import DistContext
-from vidpipe.runtime.events import EventSink, FilesWritten, FramesDecoded, SampleCancelled, SampleDone, StageReached
+from vidpipe.runtime.events import (
+    EventSink,
+    FilesWritten,
+    FramesDecoded,
+    SampleCancelled,
+    SampleDone,
+    SampleStarted,
+    StageReached,
+)
+from vidpipe.runtime.faults import limit_memory
 from vidpipe.runtime.forkserver import DEFAULT_PRELOAD
 from vidpipe.strategies.registry import scheduler_for
 from vidpipe.strategies.schedule import steps_for_rank, switch_of
@@ -89,6 +98,8 @@ class ServeJob:
         parallelize(model, layout)
         if self.compile_unet:
             apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
+        reset_peak_rss()  # from now on, the rank's peak memory is its jobs' (the parent reads it after an OOM)
+        limit_memory()  # test-only: a memory cap or a stand-in OOM killer, when the environment asks
         events.emit(StageReached(ctx.rank, stage="ready"))
         feeds_here = self.plan.sample_axis == "dp" or layout.group_index == 0
         feed = self.feeds[layout.group_index if self.plan.sample_axis == "dp" else 0] if feeds_here else None
@@ -139,6 +150,7 @@ class ServeRank:
             item = box[0]
         if item in (TICK, STOP):
             return item
+        self.events.emit(SampleStarted(self.ctx.rank, sample=item.uid))
         with self.recorder.encoding():
             return item, self.model.encode(self._sample(item))
 
@@ -152,6 +164,7 @@ class ServeRank:
         payload = torch.empty(size, dtype=torch.uint8)
         dist.recv(payload, source, tag=1)
         sample = pickle.loads(payload.numpy().tobytes())
+        self.events.emit(SampleStarted(self.ctx.rank, sample=sample.uid))
         state = {}
         for tag, (name, spec) in enumerate(self.model.state_spec(sample.params).items(), start=2):
             state[name] = spec.empty(self.ctx.device)

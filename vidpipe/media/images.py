@@ -14,6 +14,11 @@ from vidpipe.errors import UsageError
 from vidpipe.media.atomic import os_error_reason
 
 
+#: The smallest side an input image may have: the pipelines' antialiased resize pads by reflection, which needs a
+#: few pixels (a 1 x 1 image crashed a rank).
+MIN_SIDE = 8
+
+
 def load_image(path: Path) -> Image.Image:
     """Read the image at `path`, fully decoded, upright (EXIF orientation applied) and in RGB.
 
@@ -22,7 +27,11 @@ def load_image(path: Path) -> Image.Image:
     """
     path = Path(path)
     with _open_image_file(path) as file:
-        return _decode(path, file)
+        image = _decode(path, file)
+    if min(image.size) < MIN_SIDE:
+        raise UsageError(f"input image {path} is {image.width} x {image.height} pixels: too small to resize "
+                         f"from; give one at least {MIN_SIDE} x {MIN_SIDE}")
+    return image
 
 
 def _open_image_file(path: Path) -> BinaryIO:

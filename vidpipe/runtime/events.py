@@ -37,6 +37,13 @@ class StageReached(Event):
 
 
 @dataclass(frozen=True)
+class SampleStarted(Event):
+    """A server's rank took a sample, before encoding it: what the rank was running if it fails from now on."""
+
+    sample: int = -1
+
+
+@dataclass(frozen=True)
 class PhaseStarted(Event):
     phase: str = ""  # "load", "warmup", "diffuse", "decode"
 

@@ -33,3 +33,42 @@ def maybe_fail(rank: int, step: int, fault: tuple[str, int] | None) -> None:
         while True:
             time.sleep(1.0)
     raise InjectedFault(f"injected fault at step {step} (VIDPIPE_TEST_FAULT)")
+
+
+#: Test-only memory faults for a server's ranks, set once a rank has loaded its model (`limit_memory`):
+#: `VIDPIPE_TEST_RANK_MEMORY_CAP_GB=X` caps the rank's address space X GB above what it holds then, so a larger
+#: allocation fails in the allocator (as a CUDA out-of-memory error does); `VIDPIPE_TEST_OOM_KILL_GB=X` plays the
+#: kernel's OOM killer: once the rank's resident memory is X GB above what it held, it is SIGKILLed a moment later.
+MEMORY_CAP_ENV, OOM_KILL_ENV = "VIDPIPE_TEST_RANK_MEMORY_CAP_GB", "VIDPIPE_TEST_OOM_KILL_GB"
+#: How long the stand-in OOM killer lets memory stay high before it kills (the kernel's takes about as long to
+#: reclaim what it can first); the parent samples the rank's memory meanwhile.
+OOM_KILL_DELAY_S = 1.5
+
+
+def limit_memory() -> None:
+    """Apply the memory faults the environment asks for to this process (nothing when unset)."""
+    cap, kill = os.environ.get(MEMORY_CAP_ENV), os.environ.get(OOM_KILL_ENV)
+    if cap:
+        import resource
+
+        import psutil
+
+        limit = psutil.Process().memory_info().vms + int(float(cap) * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+    if kill:
+        import threading
+
+        threading.Thread(target=_oom_killer, args=(float(kill),), name="vidpipe-test-oom-killer", daemon=True).start()
+
+
+def _oom_killer(above_gb: float) -> None:
+    import signal
+
+    import psutil
+
+    process = psutil.Process()
+    threshold = process.memory_info().rss + above_gb * 2**30
+    while process.memory_info().rss < threshold:
+        time.sleep(0.02)
+    time.sleep(OOM_KILL_DELAY_S)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -217,10 +217,11 @@ def _root_cause(workers, error: WorkerError) -> RankFailed:
             if rank != error.rank and process.exitcode is not None and process.exitcode < 0:
                 return RankFailed(
                     f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped "
-                    f"(rank {error.rank} then failed: {_short(error.message, 120)})", error.traceback
+                    f"(rank {error.rank} then failed: {_short(error.message, 120)})", error.traceback, rank,
+                    process.exitcode,
                 )
         time.sleep(0.05)
-    return RankFailed(f"rank {error.rank} failed: {_short(error.message)}", error.traceback)
+    return RankFailed(f"rank {error.rank} failed: {_short(error.message)}", error.traceback, error.rank)
 
 
 def _check_exits(workers, events) -> None:
@@ -237,7 +238,8 @@ def _check_exits(workers, events) -> None:
                 break
             if isinstance(event, WorkerError):
                 raise _root_cause(workers, event)
-        raise RankFailed(f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped")
+        raise RankFailed(f"rank {rank} died unexpectedly ({describe_exit(process.exitcode)}); all ranks stopped",
+                         rank=rank, exitcode=process.exitcode)
 
 
 def describe_exit(exitcode: int) -> str:

@@ -5,8 +5,12 @@ and, when a rank fails, fails the jobs it was running, restarts the ranks and go
 handlers call `submit`, `cancel` and `snapshot` from other threads; one lock guards the state, and a condition
 wakes whoever follows a job's progress.
 
-Samples are handed out lazily, a few per feed at a time (enough to keep every group or stage busy), so a queued
-job stays in the parent until its turn: cancelling it touches no rank.
+Samples are built and handed out lazily, a few per feed at a time (enough to keep every group or stage busy), so
+a queued job stays in the parent as its options until its turn (cancelling it touches no rank), and a job of any
+admitted size costs the same to take in.
+
+When a rank runs out of memory (`memory.py` tells), the job it was running fails as "out of memory" and is not run
+again; the other jobs' samples in flight go back to the queue and run on the restarted ranks.
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import itertools
 import threading
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vidpipe import media
-from vidpipe.errors import RankFailed
+from vidpipe.errors import RankFailed, UsageError
 from vidpipe.jobs.serve import STOP, ServeJob, ServeSample
-from vidpipe.jobspec import PER_JOB, SampleSpec, model_fields
+from vidpipe.jobspec import PER_JOB, CheckedJob, check_job, model_fields
 from vidpipe.runtime.events import (
     FilesWritten,
     FramesDecoded,
@@ -29,11 +34,13 @@ from vidpipe.runtime.events import (
     RunFinished,
     SampleCancelled,
     SampleDone,
+    SampleStarted,
     StageReached,
     StepDone,
 )
 from vidpipe.runtime.forkserver import CONTEXT
 from vidpipe.runtime.launch import RankGroup
+from vidpipe.serve.memory import MemoryWatch
 from vidpipe.serve.store import JobRecord, JobStore, now
 
 #: How often a running job's progress is written to the store (its state changes are written at once).
@@ -41,7 +48,11 @@ PERSIST_PROGRESS_S = 2.0
 
 
 class QueueFull(Exception):
-    pass
+    """The queue (or a client's share of it) is full: 429, try again after `retry_after_s`."""
+
+    def __init__(self, message: str, retry_after_s: int = 10):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True)
@@ -51,17 +62,21 @@ class ServeSettings:
     placement: object  # jobs.run.Placement: launch spec, dtype, plan
     params: object  # the family's parameters the ranks load with: a job's defaults (SVDParams, WanParams)
     out: Path
+    base: object = None  # GenerateConfig: what a job starts from (`jobspec.job_base`)
+    limits: object = None  # Limits: the largest job taken
     max_queue: int = 100
+    max_queued_per_client: int | None = None
     compile_unet: bool = False
 
 
 @dataclass
 class JobState:
     record: JobRecord
-    samples: list[ServeSample]
+    specs: Iterator  # its samples not handed out yet, built one at a time (`CheckedJob.samples`)
+    formats: tuple
+    samples: dict[int, ServeSample] = field(default_factory=dict)  # uid -> handed out, not finished
     progress: dict[int, int] = field(default_factory=dict)  # uid -> steps done (a sample has started once here)
     started: dict[int, float] = field(default_factory=dict)  # uid -> wall time its first step began
-    finished_uids: set[int] = field(default_factory=set)
     cancel_requested: bool = False
     persisted_at: float = 0.0
 
@@ -76,7 +91,8 @@ class Engine:
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
         self.jobs: dict[str, JobState] = {}  # jobs not finished yet (finished ones are read from the store)
-        self.pending: deque[ServeSample] = deque()
+        self.queue: deque[str] = deque()  # jobs with samples not handed out yet, in order
+        self.retry: deque[ServeSample] = deque()  # samples to hand out again first (their ranks failed)
         self.in_flight: dict[int, int] = {}  # uid -> feed
         self.feed_load = [0] * self.feed_count
         self.feeds: list = []
@@ -91,6 +107,12 @@ class Engine:
         self._stopping = threading.Event()
         self._group: RankGroup | None = None
         self._thread = threading.Thread(target=self._run, name="vidpipe-engine", daemon=True)
+        placement = settings.placement
+        self.memory = MemoryWatch(settings.source, self.plan, _dtype_bytes(placement.dtype),
+                                  placement.spec.device_type, self.world_size)
+        self.limits = settings.limits.for_model(settings.source) if settings.limits else None
+        self._health: dict = {}  # published under the lock, read without it: health never waits for the engine
+        self._publish()
 
     @property
     def feed_count(self) -> int:
@@ -105,21 +127,24 @@ class Engine:
     # 1. Lifetime.
 
     def start(self) -> None:
+        self.memory.measure_budget()  # before the ranks load: what they have to spend
+        self.memory.watch()
         for record in self.store.unfinished():  # a restarted server runs what it had not finished, in order
             record.status, record.started_at, record.samples_done, record.steps_done = "queued", None, 0, 0
             record.files, record.latencies_s, record.first_step_at = [], [], None
             try:
-                self._enqueue(record)
-            except TypeError:  # its samples were made for a model of another family than this server's
+                self._enqueue(record, self.check(record.request))
+            except UsageError as error:  # made for another model, or past this server's limits
                 record.status, record.finished_at = "failed", now()
-                record.error = (f"this job was made for another model than {self.settings.model_name}; the server "
-                                "restarted with it: submit the job again")
+                record.error = (f"the server restarted with {self.settings.model_name}, which cannot run this job "
+                                f"({error}): submit it again")
             self.store.save(record)
         self._thread.start()
 
     def stop(self) -> None:
         """Stop the ranks at once. Unfinished jobs stay in the store as queued: a restart runs them again."""
         self._stopping.set()
+        self.memory.stop()
         with self.lock:
             for feed in self.feeds:
                 feed.put(STOP)
@@ -139,7 +164,7 @@ class Engine:
                 self._pump(group)
             except RankFailed as error:
                 failures = 0 if len(self.ready_ranks) == self.world_size else failures + 1
-                self._after_failure(str(error))
+                self._after_failure(error)
                 # NOTE: ranks that cannot even load (a broken model, no memory) are not restarted in a tight loop.
                 self._stopping.wait(min(30.0, 2.0 ** failures - 1))
             finally:
@@ -154,6 +179,7 @@ class Engine:
             self.rank_status = [{"phase": "starting"} for _ in range(self.world_size)]
             if self.status != "unhealthy":
                 self.status = "loading"
+            self._publish()
         job = ServeJob(s.source, s.placement.dtype, self.plan, s.params, tuple(self.feeds), tuple(self.controls),
                        s.compile_unet)
         group = RankGroup(job, s.placement.spec)
@@ -171,53 +197,101 @@ class Engine:
                     self._on_event(event)
                 self._dispatch()
                 group.watchdog.set_busy(bool(self.in_flight) or self.status == "loading", time.monotonic())
+                self._publish()
 
-    def _after_failure(self, reason: str) -> None:
-        """A rank failed, died or stalled: every job that was running fails with the reason; samples handed to
-        the ranks but not started go back to the front of the queue for the restarted ranks."""
+    def _after_failure(self, error: RankFailed) -> None:
+        """A rank failed, died or stalled. The job it was running (`SampleStarted` says which) fails with the reason
+        (out of memory, when `memory.py` tells so) and is not run again: rerunning it would only fail the same way.
+        Every other job's samples in flight go back to the front of the queue, from their first step, for the
+        restarted ranks. When no job can be blamed (a stall, a death before any sample), every job with samples on
+        the ranks fails: rerunning them could loop."""
+        reason = str(error)
+        oom = self.memory.out_of_memory(error)
         with self.lock:
             self.restarts += 1
-            self.last_error = reason
+            self.last_error = f"out of memory: {reason}" if oom else reason
             self.status = "unhealthy"
+            culprit = self.rank_status[error.rank].get("job") if error.rank is not None else None
+            if oom:
+                why = f"out of memory: {reason} (the job is not run again; try fewer frames or a smaller size)"
+            else:
+                why = f"a rank failed while this job ran: {reason} (the job is not run again)"
             for state in list(self.jobs.values()):
-                if state.record.status == "running":
-                    self._finish(state, "failed", f"a rank failed while this job ran: {reason}")
-            not_started = [sample for state in self.jobs.values() for sample in state.samples
-                           if sample.uid in self.in_flight]
-            self.pending.extendleft(reversed(not_started))
+                on_ranks = any(uid in self.in_flight for uid in state.samples) or state.record.status == "running"
+                if state.record.id == culprit or (culprit is None and on_ranks):
+                    self._finish(state, "failed", why)
+            again = [sample for state in self.jobs.values() for uid, sample in sorted(state.samples.items())
+                     if uid in self.in_flight]
+            for sample in again:  # from their first step, on the restarted ranks
+                state = self.jobs[sample.job]
+                state.progress.pop(sample.uid, None)
+                state.started.pop(sample.uid, None)
+                state.record.steps_done = sum(state.progress.values())
+            self.retry.extendleft(reversed(again))
             self.in_flight.clear()
             self.feed_load = [0] * self.feed_count
+            self.memory.restarted()
+            self._publish()
             self.changed.notify_all()
 
     # 2. Jobs in.
 
-    def submit(self, record: JobRecord, specs: list[SampleSpec], formats: tuple[str, ...]) -> None:
+    def check(self, request: dict) -> CheckedJob:
+        """A job's options (and sweep) checked for this server: fields, sizes, plan, limits; then its largest
+        sample against the ranks' memory. UsageError (422) with the first problem."""
+        s = self.settings
+        options = {k: v for k, v in request.items() if k != "sweep" and not k.startswith("_")}
+        job = check_job(options, request.get("sweep"), s.source, self.plan, s.base, s.limits)
+        self.memory.check(job.largest, _guided(job.largest))
+        return job
+
+    def submit(self, record: JobRecord, job: CheckedJob) -> None:
+        """Queue a checked job (O(1) in its size: its samples are built when their turn comes)."""
+        s = self.settings
         with self.lock:
-            queued = sum(1 for state in self.jobs.values() if state.record.status == "queued")
-            if queued >= self.settings.max_queue:
-                raise QueueFull(f"the queue is full ({queued} jobs waiting, --max-queue {self.settings.max_queue}); "
-                                "try again later")
-            record.request = {**record.request, "_samples": [_spec_json(spec) for spec in specs],
-                              "_formats": list(formats)}
+            queued = [state.record for state in self.jobs.values() if state.record.status == "queued"]
+            if len(queued) >= s.max_queue:
+                raise QueueFull(f"the queue is full ({len(queued)} jobs waiting, --max-queue {s.max_queue}); try "
+                                "again later", self._retry_after_s())
+            mine = sum(1 for queued_record in queued if queued_record.client == record.client)
+            if s.max_queued_per_client is not None and mine >= s.max_queued_per_client:
+                raise QueueFull(f"you have {mine} jobs waiting, the most one client may "
+                                f"(--max-queued-per-client {s.max_queued_per_client}); try again when one has started",
+                                self._retry_after_s())
+            record.request = {**record.request, "_formats": list(job.formats)}
             self.store.save(record)
-            self._enqueue(record)
+            self._enqueue(record, job)
+            self._publish()
             self.changed.notify_all()
 
-    def _enqueue(self, record: JobRecord) -> None:
-        folder = self.job_dir(record.id)
-        formats = record.request["_formats"]
-        params_type = type(self.settings.params)  # the served family's
-        samples = []
-        for spec in record.request["_samples"]:
-            params = params_type(**spec["params"])
-            stem = media.sample_stem(record.image_name, spec["index"], spec["seed"])
-            targets = {kind: str(path) for kind, path in media.output_paths(folder, stem, formats).items()}
-            input_target = str(folder / f"{record.image_name}_input.png") if spec["index"] == 0 else None
-            samples.append(ServeSample(next(self.uids), record.id, spec["index"], spec["seed"], record.image_path,
-                                       record.image_name, params, params.fps, targets, input_target))
-        self.jobs[record.id] = JobState(record, samples)
-        self.job_of_uid.update((sample.uid, record.id) for sample in samples)
-        self.pending.extend(samples)
+    def _enqueue(self, record: JobRecord, job: CheckedJob) -> None:
+        self.jobs[record.id] = JobState(record, job.samples(), job.formats)
+        self.queue.append(record.id)
+
+    def _next_sample(self) -> ServeSample | None:
+        """The next sample to hand out: one whose ranks failed, else the next of the first job with any left."""
+        if self.retry:
+            return self.retry.popleft()
+        while self.queue:
+            state = self.jobs[self.queue[0]]
+            spec = next(state.specs, None)
+            if spec is None:
+                self.queue.popleft()
+                continue
+            record, folder = state.record, self.job_dir(state.record.id)
+            stem = media.sample_stem(record.image_name, spec.index, spec.seed)
+            targets = {kind: str(path) for kind, path in media.output_paths(folder, stem, state.formats).items()}
+            input_target = str(folder / f"{record.image_name}_input.png") if spec.index == 0 else None
+            sample = ServeSample(next(self.uids), record.id, spec.index, spec.seed, record.image_path,
+                                 record.image_name, spec.params, spec.params.fps, targets, input_target)
+            state.samples[sample.uid] = sample
+            self.job_of_uid[sample.uid] = record.id
+            return sample
+        return None
+
+    def _retry_after_s(self) -> int:
+        """Seconds a refused client should wait: about one job's run, from the jobs finished lately."""
+        return 10
 
     def cancel(self, job_id: str) -> None:
         """A queued job leaves the queue; a running one stops at its samples' next step boundary."""
@@ -225,24 +299,35 @@ class Engine:
             state = self.jobs.get(job_id)
             if state is None or state.record.finished:
                 return
-            self.pending = deque(s for s in self.pending if s.job != job_id)
+            self._unqueue(job_id)
             running = [uid for uid in self.in_flight if self._job_of(uid) == job_id]
             if not running:
                 self._finish(state, "cancelled", None)
+                self._publish()
                 return
             state.cancel_requested = True
             for control in self.controls:
                 control.put(("cancel", job_id))
+            self._publish()
             self.changed.notify_all()
+
+    def _unqueue(self, job_id: str) -> None:
+        """No more of this job's samples are handed out."""
+        if job_id in self.queue:
+            self.queue.remove(job_id)
+        if any(sample.job == job_id for sample in self.retry):
+            self.retry = deque(sample for sample in self.retry if sample.job != job_id)
 
     # 3. Samples out, events back.
 
     def _dispatch(self) -> None:
-        while self.pending and self.status in ("ready", "busy"):
+        while self.status in ("ready", "busy"):
             feed = min(range(self.feed_count), key=self.feed_load.__getitem__)
             if self.feed_load[feed] >= self.feed_depth:
                 return
-            sample = self.pending.popleft()
+            sample = self._next_sample()
+            if sample is None:
+                return
             self.in_flight[sample.uid] = feed
             self.feed_load[feed] += 1
             self.feeds[feed].put(sample)
@@ -256,9 +341,13 @@ class Engine:
             rank_status.update(phase="ready", job=None, sample=None, step=None, block=None)
             if len(self.ready_ranks) == self.world_size:
                 self.status = "busy" if self.in_flight else "ready"
+                self.memory.ranks_ready(self._pids(self._group))
                 self.changed.notify_all()
         elif isinstance(event, PhaseStarted):
             rank_status["phase"] = event.phase
+        elif isinstance(event, SampleStarted):
+            rank_status.update(phase="encode", job=self._job_of(event.sample), sample=event.sample, step=None,
+                               block=None)
         elif isinstance(event, StepDone):
             job = self._job_of(event.sample)
             rank_status.update(phase="diffuse", job=job, sample=event.sample, step=event.step,
@@ -299,7 +388,8 @@ class Engine:
         state = self.jobs.get(self._job_of(uid))
         if state is None:
             return
-        state.finished_uids.add(uid)
+        state.samples.pop(uid, None)
+        self.job_of_uid.pop(uid, None)
         if files is not None:
             state.record.samples_done += 1
             state.record.files += self._relative_files(state.record.id, files)
@@ -319,12 +409,12 @@ class Engine:
         self.changed.notify_all()
 
     def _finish(self, state: JobState, status: str, error: str | None) -> None:
-        self.pending = deque(s for s in self.pending if s.job != state.record.id)
+        self._unqueue(state.record.id)
         state.record.status, state.record.error, state.record.finished_at = status, error, now()
         self.store.save(state.record)
         del self.jobs[state.record.id]
-        for sample in state.samples:
-            self.job_of_uid.pop(sample.uid, None)
+        for uid in state.samples:
+            self.job_of_uid.pop(uid, None)
         self.changed.notify_all()
 
     # 4. What the API shows.
@@ -339,14 +429,20 @@ class Engine:
 
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to start, None once it runs or finished."""
+        return self.queue_positions().get(job_id)
+
+    def queue_positions(self) -> dict[str, int]:
         with self.lock:
             queued = sorted((s.record.seq, s.record.id) for s in self.jobs.values() if s.record.status == "queued")
-            ids = [job for _seq, job in queued]
-            return ids.index(job_id) + 1 if job_id in ids else None
+        return {job: position for position, (_seq, job) in enumerate(queued, start=1)}
 
     def health(self) -> dict:
+        """The server's state as last published: read without the lock, so it answers at once under any load."""
+        return self._health
+
+    def _publish(self) -> None:
         with self.lock:
-            return {
+            self._health = {
                 "status": self.status,
                 "ranks": self.world_size,
                 "plan": self.plan.name,
@@ -361,6 +457,7 @@ class Engine:
                 "family": self.settings.source.family,
                 "fields": list(self.fields),
                 "defaults": self.defaults(),
+                "limits": self._limits,
             }
 
     def defaults(self) -> dict:
@@ -370,12 +467,26 @@ class Engine:
         values = {name: getattr(p, name, None) for name in self.fields if name not in (*PER_JOB, "seed")}
         return {"samples": 1, "seed": 0, **{k: v for k, v in values.items() if v is not None}, "format": "mp4"}
 
+    @property
+    def _limits(self) -> dict:
+        limits = self.limits
+        return {} if limits is None else {
+            "samples_per_job": limits.samples_per_job, "frames": limits.frames, "pixels": limits.pixels,
+            "steps": limits.steps, "queued_per_client": self.settings.max_queued_per_client,
+            "memory_per_rank_gb": round(self.memory.budget_gb, 2) if self.memory.budget_gb else None,
+        }
+
+    @staticmethod
+    def _pids(group: RankGroup | None) -> dict[int, int]:
+        workers = group.workers if group is not None else []
+        return {rank: worker.pid for rank, worker in enumerate(workers) if getattr(worker, "pid", None)}
+
     def _job_of(self, uid: int) -> str | None:
         return self.job_of_uid.get(uid)
 
     @staticmethod
     def _sample(state: JobState, uid: int) -> ServeSample:
-        return next(sample for sample in state.samples if sample.uid == uid)
+        return state.samples[uid]
 
     def _relative_files(self, job_id: str, files) -> list[str]:
         folder = self.job_dir(job_id)
@@ -388,7 +499,11 @@ class Engine:
         return names
 
 
-def _spec_json(spec: SampleSpec) -> dict:
-    from dataclasses import asdict
+def _dtype_bytes(dtype: str) -> int:
+    return 2 if dtype in ("fp16", "bf16") else 4
 
-    return {"index": spec.index, "seed": spec.seed, "params": asdict(spec.params)}
+
+def _guided(params) -> bool:
+    """Whether a sample runs the guidance batch (two denoiser rows a step): SVD's max guidance, Wan's scale."""
+    scale = getattr(params, "max_guidance", None)
+    return (scale if scale is not None else params.guidance_scale) > 1

@@ -49,8 +49,9 @@ def serve(config: ServeConfig) -> None:
     out.mkdir(parents=True, exist_ok=True)
     sock = _bind(config.host, config.port)
     store = JobStore(out / "jobs.sqlite3")
-    engine = Engine(ServeSettings(source, config.model, placement, params, out, config.max_queue, run.compile), store)
-    app = create_app(engine, ApiSettings(config.token, int(config.max_upload_mb * 1024 * 1024), source, base))
+    engine = Engine(ServeSettings(source, config.model, placement, params, out, base, config.limits, config.max_queue,
+                                  config.max_queued_per_client, run.compile), store)
+    app = create_app(engine, ApiSettings(config.tokens, int(config.max_upload_mb * 1024 * 1024)))
     host, port = sock.getsockname()[:2]
     stderr_console.print(
         f"vidpipe serve: http://{host}:{port}/ (plan {placement.plan.name}, model {config.model}, "

@@ -34,9 +34,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     files TEXT NOT NULL DEFAULT '[]',
     error TEXT,
     first_step_at REAL,
-    latencies_s TEXT NOT NULL DEFAULT '[]'
+    latencies_s TEXT NOT NULL DEFAULT '[]',
+    client TEXT
 )
 """
+#: Columns added since the first schema, with their declarations: an older store gains them when opened.
+_ADDED_COLUMNS = {"client": "TEXT"}
 
 
 @dataclass
@@ -58,6 +61,7 @@ class JobRecord:
     error: str | None = None
     first_step_at: float | None = None  # wall time the job's first step began on a rank
     latencies_s: list[float] = field(default_factory=list)  # per finished sample: first step -> last step
+    client: str | None = None  # who submitted it: a digest of its token, or its address (never the token itself)
 
     @property
     def finished(self) -> bool:
@@ -72,6 +76,10 @@ class JobStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the engine's writes
         self._db.execute(_SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for name, declaration in _ADDED_COLUMNS.items():
+            if name not in present:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {name} {declaration}")
 
     def next_seq(self) -> int:
         with self._lock:
@@ -95,9 +103,11 @@ class JobStore:
             names = [d[0] for d in cursor.description]
         return _record(names, row) if row else None
 
-    def recent(self, limit: int = 50) -> list[JobRecord]:
+    def recent(self, limit: int = 50, before_seq: int | None = None) -> list[JobRecord]:
+        """The newest jobs first; `before_seq`: only those submitted before that one (the next page)."""
         with self._lock:
-            cursor = self._db.execute("SELECT * FROM jobs ORDER BY seq DESC LIMIT ?", (limit,))
+            cursor = self._db.execute("SELECT * FROM jobs WHERE seq < ? ORDER BY seq DESC LIMIT ?",
+                                      (before_seq if before_seq is not None else 2**62, limit))
             rows = cursor.fetchall()
             names = [d[0] for d in cursor.description]
         return [_record(names, row) for row in rows]

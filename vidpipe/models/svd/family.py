@@ -121,3 +121,15 @@ def pixel_multiple(source) -> int:
     from vidpipe.models.svd.adapter import size_multiple
 
     return size_multiple(source)[0]
+
+
+#: SVD's UNet has no positional limit on frames (its temporal embedding is sinusoidal); vidpipe takes 4 x the frames
+#: the model was trained for (its UNet's `num_frames`: svd-xt 25 -> 100) as the model's maximum.
+TRAINED_FRAMES_FACTOR = 4
+
+
+def max_frames(source) -> int:
+    """The most frames a job may ask of this model unless --max-frames says otherwise."""
+    from vidpipe.models.svd.adapter import _config
+
+    return TRAINED_FRAMES_FACTOR * _config(source, "unet")["num_frames"]

@@ -171,3 +171,12 @@ def pixel_multiple(source) -> int:
 __all__ = ["JOB_FIELDS", "NAME", "PIPELINE_CLASS", "bench_params", "bytes_per_step", "check_job", "complete",
            "default_size", "job_fields", "job_params", "load_for", "model_size", "params", "pixel_multiple",
            "resolve_size", "uses_guidance"]
+
+
+def max_frames(source) -> int:
+    """The most frames the transformer can place: its rotary table holds `rope_max_seq_len` latent frames (1024),
+    and each latent frame after the first is `temporal` video frames (4k + 1 frames)."""
+    from vidpipe.models.wan.sizes import denoiser_config, size_factors
+
+    temporal, _multiple = size_factors(source.path)
+    return temporal * (denoiser_config(source.path).get("rope_max_seq_len", 1024) - 1) + 1

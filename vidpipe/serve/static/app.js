@@ -267,13 +267,11 @@ async function cancel(id) {
 }
 
 async function loadJobs() {
+  // The list holds summaries; each card needs the job's files and options: one GET each, newest first.
   const response = await api("/v1/jobs?limit=20");
   if (!response.ok) return;
   const { jobs: recent } = await response.json();
-  for (const state of recent) {
-    renderJob(state);
-    if (!FINISHED.includes(state.status)) follow(state.id);
-  }
+  for (const summary of recent) await refresh(summary.id);
 }
 
 loadHealth();
