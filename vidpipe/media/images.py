@@ -13,7 +13,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from vidpipe.errors import UsageError
 from vidpipe.media.atomic import os_error_reason
 
-
 #: The smallest side an input image may have: the pipelines' antialiased resize pads by reflection, which needs a
 #: few pixels (a 1 x 1 image crashed a rank).
 MIN_SIDE = 8

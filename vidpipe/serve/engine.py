@@ -92,6 +92,7 @@ class Engine:
         self.changed = threading.Condition(self.lock)
         self.jobs: dict[str, JobState] = {}  # jobs not finished yet (finished ones are read from the store)
         self.queue: deque[str] = deque()  # jobs with samples not handed out yet, in order
+        self.recent_run_s: deque[float] = deque(maxlen=8)  # the last finished jobs' run times (Retry-After)
         self.retry: deque[ServeSample] = deque()  # samples to hand out again first (their ranks failed)
         self.in_flight: dict[int, int] = {}  # uid -> feed
         self.feed_load = [0] * self.feed_count
@@ -290,8 +291,11 @@ class Engine:
         return None
 
     def _retry_after_s(self) -> int:
-        """Seconds a refused client should wait: about one job's run, from the jobs finished lately."""
-        return 10
+        """Seconds a refused client should wait: about the time the last jobs took to run (a place frees up when
+        one starts), at least 1 and at most 10 minutes; 10 before any job has finished."""
+        if not self.recent_run_s:
+            return 10
+        return max(1, min(600, round(sum(self.recent_run_s) / len(self.recent_run_s))))
 
     def cancel(self, job_id: str) -> None:
         """A queued job leaves the queue; a running one stops at its samples' next step boundary."""
@@ -411,6 +415,8 @@ class Engine:
     def _finish(self, state: JobState, status: str, error: str | None) -> None:
         self._unqueue(state.record.id)
         state.record.status, state.record.error, state.record.finished_at = status, error, now()
+        if status == "done" and state.record.started_at:
+            self.recent_run_s.append(state.record.finished_at - state.record.started_at)
         self.store.save(state.record)
         del self.jobs[state.record.id]
         for uid in state.samples:
