@@ -33,7 +33,7 @@ from vidpipe import __version__, media
 from vidpipe.errors import UsageError
 from vidpipe.jobspec import parse_options, parse_sweep
 from vidpipe.serve.engine import Engine, QueueFull
-from vidpipe.serve.schema import ERROR_RESPONSES, job_form_schema
+from vidpipe.serve.schema import ERROR_RESPONSES, JOB_LINKS, job_form_schema
 from vidpipe.serve.store import FINISHED, JobRecord, now
 
 #: Seconds between two looks at a job's progress for its event stream, and between two keep-alive comments.
@@ -98,7 +98,8 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
     async def health() -> dict:
         return {**engine.health(), "version": __version__, "auth": bool(settings.tokens)}
 
-    @app.post("/v1/jobs", status_code=202, responses=ERROR_RESPONSES,
+    @app.post("/v1/jobs", status_code=202, responses={202: {"description": "queued", "links": JOB_LINKS},
+                                                      **ERROR_RESPONSES},
               openapi_extra={"requestBody": job_form_schema(engine)})
     async def create_job(request: Request, client: str = authorized):
         job_id = uuid.uuid4().hex  # unguessable, never a timestamp
@@ -120,17 +121,19 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
         jobs = [summary(engine.record(r.id) or r, positions) for r in records]
         return {"jobs": jobs, "next_cursor": str(records[-1].seq) if len(records) == limit else None}
 
-    @app.get("/v1/jobs/{job_id}", dependencies=[authorized], responses=ERROR_RESPONSES)
+    @app.get("/v1/jobs/{job_id}", dependencies=[authorized], responses=ERROR_RESPONSES, operation_id="get_job")
     def get_job(job_id: str) -> dict:
         return snapshot(engine, _record(engine, job_id))
 
-    @app.delete("/v1/jobs/{job_id}", dependencies=[authorized], responses=ERROR_RESPONSES)
+    @app.delete("/v1/jobs/{job_id}", dependencies=[authorized], responses=ERROR_RESPONSES,
+                operation_id="cancel_job")
     def cancel_job(job_id: str) -> dict:
         _record(engine, job_id)
         engine.cancel(job_id)
         return snapshot(engine, _record(engine, job_id))
 
     @app.get("/v1/jobs/{job_id}/events", dependencies=[authorized], response_class=StreamingResponse,
+             operation_id="job_events",
              responses={200: {"description": "Server-Sent Events", "content": {"text/event-stream": {}}},
                         **ERROR_RESPONSES})
     async def job_events(job_id: str):

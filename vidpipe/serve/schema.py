@@ -17,6 +17,9 @@ ERROR_RESPONSES = {
     422: {"description": "a bad field, file or size, or past a limit (one line that names it)", "content": _ERROR},
     429: {"description": "the queue, or this client's share of it, is full; see Retry-After", "content": _ERROR},
 }
+#: Where a created job's id leads (OpenAPI links: a fuzzer's stateful phase follows them).
+JOB_LINKS = {name: {"operationId": operation, "parameters": {"job_id": "$response.body#/id"}}
+             for name, operation in (("GetJob", "get_job"), ("CancelJob", "cancel_job"), ("JobEvents", "job_events"))}
 _TYPES = {int: "integer", float: "number", str: "string", bool: "boolean"}
 
 
