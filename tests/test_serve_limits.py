@@ -13,7 +13,8 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.test_serve import Server, post, wait_for
+from tests.conftest import run_main
+from tests.test_serve import IMAGE, Server, post, wait_for
 from vidpipe.models.registry import resolve_model
 
 #: tiny's own maximum: 4 x the 4 frames its UNet was trained for.
@@ -64,7 +65,7 @@ def refused(response: httpx.Response, *words: str) -> str:
     return message
 
 
-def test_abusive_jobs_are_refused_in_one_line_and_the_server_stays_ready(tmp_path, cache):
+def test_abusive_jobs_are_refused_in_one_line_and_the_server_stays_ready(tmp_path, cache, capsys):
     server = Server(tmp_path / "out", cache, "--gpus", "2", "--strategy", "dp", "--max-pixels", str(4096 * 4096),
                     "--max-queued-per-client", "2", env_extra={"VIDPIPE_THREADS_PER_RANK": "1"})
     try:
@@ -118,8 +119,20 @@ def test_abusive_jobs_are_refused_in_one_line_and_the_server_stays_ready(tmp_pat
                 accepted.json()["id"]] and rest["next_cursor"] is None
             assert client.get("/v1/jobs", params={"limit": 0}).status_code == 422
             assert client.get("/v1/jobs", params={"cursor": "x"}).status_code == 422
-            for response in long_jobs + queued:
-                client.delete(f"/v1/jobs/{response.json()['id']}")
+            # `vidpipe submit` waits as Retry-After says and posts again; here the jobs ahead are cancelled meanwhile.
+            def cancel_the_others():
+                time.sleep(1.0)
+                with server.client() as other:
+                    for response in long_jobs + queued:
+                        other.delete(f"/v1/jobs/{response.json()['id']}")
+
+            canceller = threading.Thread(target=cancel_the_others)
+            canceller.start()
+            code, err = run_main(capsys, "submit", str(IMAGE), "--server", server.url, "--steps", "2", "--out",
+                                 str(tmp_path / "submitted"))
+            canceller.join()
+            assert code == 0 and "posting again in" in err, err
+            assert list((tmp_path / "submitted").rglob("*.mp4"))
             health = client.get("/v1/health").json()
         assert health["restarts"] == 0 and health["last_error"] is None  # no rank was killed
         assert not watch.failures and len(watch.latencies) > 20

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.media.atomic import atomic_output
 from vidpipe.report import stderr_console
+
+#: How long `submit` keeps posting a job the server's full queue refuses (429), waiting as `Retry-After` says.
+QUEUE_FULL_WAIT_S = 600.0
 
 
 @dataclass(frozen=True)
@@ -60,20 +64,34 @@ def _post(client: httpx.Client, image: str, config: SubmitConfig) -> dict:
     data = {name: str(value) for name, value in config.options.items()}
     if config.sweep:
         data["sweep"] = config.sweep
-    with open(image, "rb") as handle:
-        response = _request(client, "POST", "/v1/jobs", data=data, files={"image": (Path(image).name, handle)})
+    waited = 0.0
+    while True:
+        with open(image, "rb") as handle:
+            response = _request(client, "POST", "/v1/jobs", data=data, files={"image": (Path(image).name, handle)},
+                                retry_on_full=True)
+        if response.status_code != 429:
+            break
+        # The queue, or this client's share of it, is full: wait as the server asks, then post again.
+        delay = max(1.0, float(response.headers.get("retry-after") or 10))
+        if waited + delay > QUEUE_FULL_WAIT_S:
+            raise VidpipeError(f"the server's queue stayed full for {waited:.0f} s: {_error_text(response)}")
+        stderr_console.print(f"{image}: {_error_text(response)}; posting again in {delay:.0f} s", highlight=False)
+        time.sleep(delay)
+        waited += delay
     job = response.json()
     stderr_console.print(f"{image}: job {job['id']} {job['status']}", highlight=False)
     return {**job, "image_path": image}
 
 
-def _request(client: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
+def _request(client: httpx.Client, method: str, url: str, retry_on_full: bool = False, **kwargs) -> httpx.Response:
     try:
         response = client.request(method, url, **kwargs)
     except httpx.HTTPError as error:
         raise VidpipeError(f"cannot reach {client.base_url}: {error}; is `vidpipe serve` running there?") from None
     if response.status_code in (401, 413, 422):
         raise UsageError(f"the server refused the job ({response.status_code}): {_error_text(response)}")
+    if response.status_code == 429 and retry_on_full:
+        return response
     if response.status_code >= 400:
         raise VidpipeError(f"the server answered {response.status_code}: {_error_text(response)}")
     return response
