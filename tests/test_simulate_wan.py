@@ -63,7 +63,7 @@ def test_wan_gpu_model_arithmetic():
 
 def test_simulate_names_its_models():
     # every full-size Wan flavor but TI2V-5B, whose stand-in (48 channels, per-token timesteps) is not written yet
-    assert SimulateConfig.MODELS[1:] == tuple(name for name in WAN_RANDOM if "ti2v" not in name)
+    assert SimulateConfig.MODELS[1:] == WAN_RANDOM
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -89,3 +89,16 @@ def test_the_a14b_stand_in_breaks_pp_at_the_expert_switch(here, tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["steps_per_rank"] == [3, 5] and report["verified"] is True
     assert "the blocks break at step 3" in report["step_assignment"]
+
+
+def test_the_ti2v_stand_in_runs_per_token_timesteps_under_sp_and_matches_one_rank(here, tmp_path):
+    """TI2V-5B's stand-in (48 channels, 30 blocks, 24 heads; per-token timesteps, the image's latents as the first
+    frame every step) on sp2 against one rank: 2 latent frames of 4 x 4 = 8 tokens."""
+    import json
+
+    result = here("simulate", "--model", "wan2.2-ti2v-5b-random", "--gpus", "2", "--strategy", "sp2", "--steps",
+                  "3", "--samples", "1", "--latent-shape", "1", "48", "2", "4", "4", "--device", "cpu", "--json",
+                  str(tmp_path / "r.json"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["verified"] is True and report["verify_mode"].startswith("max abs diff"), report

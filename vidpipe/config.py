@@ -99,7 +99,8 @@ class SimulateConfig:
 
     #: What `--model` takes: the SVD stand-in and the full-size Wan flavors (`models/registry.py WAN_RANDOM`).
     MODELS: ClassVar[tuple[str, ...]] = (
-        "dummy", "wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random")
+        "dummy", "wan2.1-i2v-14b-480p-random", "wan2.1-i2v-14b-720p-random", "wan2.2-i2v-a14b-random",
+        "wan2.2-ti2v-5b-random")
 
     def __post_init__(self):
         if self.model not in self.MODELS:

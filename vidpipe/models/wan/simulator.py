@@ -58,11 +58,12 @@ GUIDANCE = (5.0, 5.0)
 PUBLISHED_SPEEDUPS = {
     "wan2.1": "Wan2.1 I2V-14B at 720p, FSDP + Ulysses: 1.98x / 3.69x / 6.25x on 2 / 4 / 8 H800 (Wan2.1's README)",
     "wan2.2": "Wan2.2 I2V-A14B: 6.64x on 8 H100 (Wan2.2's README)",
+    "wan2.2-ti2v": "Wan2.2 TI2V-5B: its GPU figures are in Wan2.2's README; none is modelled here",
 }
 
 
 def published_speedups(flavor: str) -> str:
-    return PUBLISHED_SPEEDUPS[flavor.split("-")[0]]
+    return PUBLISHED_SPEEDUPS["wan2.2-ti2v" if "ti2v" in flavor else flavor.split("-")[0]]
 
 
 # 1. What the stand-in takes from a flavor's configs.
@@ -74,13 +75,15 @@ class FlavorConfigs:
     scheduler: dict
     boundary_ratio: float | None  # Wan 2.2 A14B: the expert switch; None: one expert
     image_tokens: int | None  # Wan 2.1's CLIP image embedding
+    expand_timesteps: bool = False  # Wan 2.2 TI2V-5B: per-token timesteps, the image's latents as the first frame
 
 
 def read_flavor(flavor: str) -> FlavorConfigs:
     path = CONFIGS / flavor
     index = json.loads((path / "model_index.json").read_text())
     scheduler = json.loads((path / "scheduler" / "scheduler_config.json").read_text())
-    return FlavorConfigs(denoiser_config(path), scheduler, index.get("boundary_ratio"), image_token_count(path))
+    return FlavorConfigs(denoiser_config(path), scheduler, index.get("boundary_ratio"), image_token_count(path),
+                         bool(index.get("expand_timesteps", False)))
 
 
 def expert_switch(flavor: str, steps: int) -> int | None:
@@ -263,6 +266,8 @@ class StandInTransformer(torch.nn.Module):
         context = encoder_hidden_states[:, :, :8].mean(dim=(1, 2))  # NOTE: small enough for one thread
         if encoder_hidden_states_image is not None:
             context = context + encoder_hidden_states_image[:, :, :8].mean(dim=(1, 2))
+        if timestep.dim() > 1:  # TI2V-5B: a timestep per token (0 on the image's frame); the stand-in takes the mean
+            timestep = timestep.to(torch.float64).mean(dim=1)
         scale = 0.1 * (torch.sigmoid(timestep.to(noisy.dtype) / 1000) + context)
         tokens = _patchify(noisy.add(image, alpha=0.5) * scale.view(-1, 1, 1, 1, 1), self.patch)
         # 2. The blocks (under sp: on this rank's tokens from the first block on).
@@ -311,6 +316,7 @@ class WanStandIn:
         self.num_steps = params.steps
         self.config = configs.transformer
         self.image_tokens = configs.image_tokens
+        self.expand_timesteps = configs.expand_timesteps
         self.condition_channels = self.config["in_channels"] - self.config["out_channels"]
         self.scheduler = UniPCMultistepScheduler.from_config(configs.scheduler)
         self.solver_order = configs.scheduler["solver_order"]
@@ -347,7 +353,10 @@ class WanStandIn:
     def state_spec(self) -> dict[str, TensorSpec]:
         """As `WanModel.state_spec`: what a sample carries, at Wan's sizes."""
         latent = tuple(self.params.latent_shape)
-        return state_spec(latent, (1, self.condition_channels, *latent[2:]), self.config["text_dim"],
+        # As `WanModel.condition_shape`: TI2V's condition is the image's latents alone, one frame.
+        condition = (1, latent[1], 1, *latent[3:]) if self.expand_timesteps else (1, self.condition_channels,
+                                                                                   *latent[2:])
+        return state_spec(latent, condition, self.config["text_dim"],
                           self.config.get("image_dim"), self.image_tokens, self.solver_order, self.dtype)
 
     def sample_spec(self, sample: Sample) -> dict[str, TensorSpec]:
@@ -374,7 +383,7 @@ class WanStandIn:
         experts = Experts(self.high_noise, self.low_noise, self.boundary_timestep)
         self.kernel.start()
         latents, solver = denoise_block(experts, self.scheduler, int(num_steps), on_device, steps,
-                                        (guidance, guidance_2), self.dtype, self.guide, on_step)
+                                        (guidance, guidance_2), self.dtype, self.guide, on_step, self.expand_timesteps)
         solver.into(state)
         return latents
 
