@@ -211,12 +211,13 @@ def main() -> None:
     parser.add_argument("--max-queue", type=int, default=100)
     parser.add_argument("--drain-timeout", type=float, default=600.0, help="seconds to wait for the jobs to end")
     parser.add_argument("--server", help="a running server's URL (loopback only) instead of starting one")
+    parser.add_argument("--server-pid", type=int, help="with --server: its process, for its peak memory")
     parser.add_argument("--json", type=Path, help="write the report here too")
     args = parser.parse_args()
     if args.server:
         if urlparse(args.server).hostname not in LOOPBACK:
             raise SystemExit(f"--server {args.server}: loopback addresses only (127.0.0.1, localhost)")
-        report = run(args.server.rstrip("/"), None, args)
+        report = run(args.server.rstrip("/"), args.server_pid, args)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             server, url = start_server(args, Path(tmp))

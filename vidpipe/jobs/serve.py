@@ -99,7 +99,7 @@ class ServeJob:
         if self.compile_unet:
             apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
         reset_peak_rss()  # from now on, the rank's peak memory is its jobs' (the parent reads it after an OOM)
-        limit_memory()  # test-only: a memory cap or a stand-in OOM killer, when the environment asks
+        limit_memory(ctx.rank)  # test-only: a memory cap or a stand-in OOM killer, when the environment asks
         events.emit(StageReached(ctx.rank, stage="ready"))
         feeds_here = self.plan.sample_axis == "dp" or layout.group_index == 0
         feed = self.feeds[layout.group_index if self.plan.sample_axis == "dp" else 0] if feeds_here else None

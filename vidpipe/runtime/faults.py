@@ -35,19 +35,20 @@ def maybe_fail(rank: int, step: int, fault: tuple[str, int] | None) -> None:
     raise InjectedFault(f"injected fault at step {step} (VIDPIPE_TEST_FAULT)")
 
 
-#: Test-only memory faults for a server's ranks, set once a rank has loaded its model (`limit_memory`):
-#: `VIDPIPE_TEST_RANK_MEMORY_CAP_GB=X` caps the rank's address space X GB above what it holds then, so a larger
-#: allocation fails in the allocator (as a CUDA out-of-memory error does); `VIDPIPE_TEST_OOM_KILL_GB=X` plays the
-#: kernel's OOM killer: once the rank's resident memory is X GB above what it held, it is SIGKILLed a moment later.
+#: Test-only memory faults for a server's ranks, set once a rank has loaded its model (`limit_memory`), each
+#: `RANK:X` (that rank) or `X` (every rank): `VIDPIPE_TEST_RANK_MEMORY_CAP_GB` caps the rank's address space X GB
+#: above what it holds then, so a larger allocation fails in the allocator (as a CUDA out-of-memory error does);
+#: `VIDPIPE_TEST_OOM_KILL_GB` plays the kernel's OOM killer: once the rank's resident memory is X GB above what it
+#: held, it is SIGKILLed a moment later.
 MEMORY_CAP_ENV, OOM_KILL_ENV = "VIDPIPE_TEST_RANK_MEMORY_CAP_GB", "VIDPIPE_TEST_OOM_KILL_GB"
 #: How long the stand-in OOM killer lets memory stay high before it kills (the kernel's takes about as long to
 #: reclaim what it can first); the parent samples the rank's memory meanwhile.
 OOM_KILL_DELAY_S = 1.5
 
 
-def limit_memory() -> None:
-    """Apply the memory faults the environment asks for to this process (nothing when unset)."""
-    cap, kill = os.environ.get(MEMORY_CAP_ENV), os.environ.get(OOM_KILL_ENV)
+def limit_memory(rank: int) -> None:
+    """Apply the memory faults the environment asks for to this rank's process (nothing when unset)."""
+    cap, kill = _for_rank(MEMORY_CAP_ENV, rank), _for_rank(OOM_KILL_ENV, rank)
     if cap:
         import resource
 
@@ -59,6 +60,14 @@ def limit_memory() -> None:
         import threading
 
         threading.Thread(target=_oom_killer, args=(float(kill),), name="vidpipe-test-oom-killer", daemon=True).start()
+
+
+def _for_rank(name: str, rank: int) -> str | None:
+    value = os.environ.get(name)
+    if not value or ":" not in value:
+        return value
+    target, amount = value.split(":")
+    return amount if int(target) == rank else None
 
 
 def _oom_killer(above_gb: float) -> None:
