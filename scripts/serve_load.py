@@ -128,7 +128,7 @@ def percentiles(values: list[float]) -> dict:
     ordered = sorted(values)
     return {"count": len(ordered), "p50_ms": round(1000 * statistics.median(ordered), 2),
             "p99_ms": round(1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
-            "max_ms": round(1000 * ordered[-1], 2)}
+            "max_ms": round(1000 * ordered[-1], 2), "over_100_ms": sum(1 for v in ordered if v > 0.1)}
 
 
 def run(url: str, server_pid: int | None, args) -> dict:
