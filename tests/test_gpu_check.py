@@ -82,10 +82,25 @@ def test_on_eight_gpus_the_hybrids_run(tmp_path):
     assert "0 skipped" in printed
 
 
+#: `vidpipe COMMAND --help`'s options as the script reads them, asked once per command for this module.
+HELPS: dict = {}
+
+
+def vidpipe_help(*commands: str) -> dict:
+    """{command: its options} for `commands`, each one's --help run once, two at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = [name for name in commands if name not in HELPS]
+    with ThreadPoolExecutor(2) as pool:
+        for name, options in zip(todo, pool.map(
+                lambda name: gpu_check.help_options([sys.executable, "-m", "vidpipe", name]), todo), strict=True):
+            HELPS[name] = options
+    return {name: HELPS[name] for name in commands}
+
+
 def all_plans() -> list:
     """The steps of every GPU count, quick and full, as the script builds them here (same --help answers)."""
-    options = gpu_check.help_options([sys.executable, "-m", "vidpipe", "generate"])
-    doctor = gpu_check.help_options([sys.executable, "-m", "vidpipe", "doctor"])
+    options, doctor = vidpipe_help("generate", "doctor").values()
     steps = []
     for gpus in range(1, 9):
         for quick in (False, True):
@@ -107,7 +122,8 @@ def test_every_vidpipe_command_line_parses(monkeypatch):
 
     monkeypatch.chdir(REPO)  # the commands name examples/sunset.png relative to the repository
     commands = typer.main.get_command(app).commands
-    helps = {}
+    vidpipe_help("generate", "serve", "submit", "simulate", "bench", "memory-probe", "doctor")  # asked at once
+    helps = {}  # the commands the plans run, and their options
     checked = set()
     for step in all_plans():
         for args in step.vidpipe_commands:
@@ -117,7 +133,7 @@ def test_every_vidpipe_command_line_parses(monkeypatch):
             checked.add(key)
             name = args[0]
             if name not in helps:
-                helps[name] = gpu_check.help_options([sys.executable, "-m", "vidpipe", name])
+                helps.update(vidpipe_help(name))
             assert helps[name] is not None or name == "doctor", f"vidpipe {name} --help failed"
             if helps[name] is None:  # doctor, before it exists: the step fails at run time, as intended
                 continue
