@@ -10,6 +10,7 @@ started must be gone."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -148,7 +149,7 @@ def test_a_rank_that_raises_ends_the_run(in_process, monkeypatch, strategy):
 
 @pytest.mark.parametrize("strategy", ["dp"])  # dp: the peers keep working and the queue busy
 def test_a_rank_killed_by_sigkill_ends_the_run(in_process, strategy):
-    killer = SignalRank(3, 1, signal.SIGKILL, settle_s=3.0)
+    killer = SignalRank(3, 1, signal.SIGKILL, settle_s=1.0)
     killer.start()
     result = in_process("simulate", "--gpus", "3", "--strategy", strategy, *SLOW)
     killer.join()
@@ -199,17 +200,20 @@ def worker_server_of(marker: str, timeout: float = 60) -> psutil.Process:
 def test_a_stopped_worker_server_is_named_and_nothing_is_left():
     """The worker server frozen (SIGSTOP) 0.5 s after it appears, while it preloads torch and diffusers: the
     launcher, waiting on it, sees it make no progress, names it in one line, stops it and exits 1 within
-    --stall-timeout + 10 s (a liveness bound from the issue, with seconds of margin; not a speed target)."""
+    --stall-timeout + 10 s (a liveness bound from the issue, with seconds of margin; not a speed target). The
+    silence it names is at least the timeout: more when the launcher's own imports, still under way, check late."""
     process, marker = start("simulate", "--gpus", "2", "--steps", "28", "--samples", "400", "--step-ms", "20",
-                            "--device", "cpu", "--stall-timeout", "10")
+                            "--device", "cpu", "--stall-timeout", "5")
     server = worker_server_of(marker)
     time.sleep(0.5)
     server.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
     code, err = finish(process, marker)
-    assert time.monotonic() - stopped_at <= 10 + 10, err
+    assert time.monotonic() - stopped_at <= 5 + 10, err
     assert code == 1
-    assert f"the worker server (pid {server.pid}) made no progress for 10 s while preloading" in err
+    named = re.search(rf"the worker server \(pid {server.pid}\) made no progress for (\d+) s while preloading "
+                      r"\(process [a-z-]+; --stall-timeout 5\)", err)
+    assert named and int(named.group(1)) >= 5, err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
