@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tests.conftest import read_json, run_here, run_main
 from vidpipe.models.registry import resolve_model
 
-STEPS = 4
+STEPS = 3  # pp's 2 stages take 2 + 1 steps
 COMMON = ["--model", "tiny", "--steps", str(STEPS), "--device", "cpu", "--max-guidance", "2.5"]
 
 
