@@ -20,8 +20,8 @@ from tests.conftest import REPO, vidpipe_env
 from tests.test_serve import Server
 from vidpipe.models.registry import resolve_model
 
-#: Per operation; about 250 requests in all over the seven routes (the note gives a longer run's figures).
-MAX_EXAMPLES = 8
+#: Per operation; about 200 requests in all over the seven routes (the note gives a longer run's figures).
+MAX_EXAMPLES = 5
 
 
 def schemathesis_command() -> list[str] | None:
@@ -85,7 +85,7 @@ def test_a_short_load_loses_no_job_and_every_request_answers(server, tmp_path):
     report_path = tmp_path / "load.json"
     run = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "serve_load.py"), "--server", server.url, "--server-pid",
-         str(server.process.pid), "--seconds", "6", "--submitters", "2", "--pollers", "3", "--streamers", "3",
+         str(server.process.pid), "--seconds", "4", "--submitters", "2", "--pollers", "3", "--streamers", "3",
          "--max-requests", "3000", "--json", str(report_path)],
         capture_output=True, text=True, timeout=400, cwd=REPO, env=vidpipe_env())
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
