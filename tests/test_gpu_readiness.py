@@ -3,6 +3,9 @@ group carries both backends, random weights do not depend on the plan, and --com
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -11,21 +14,52 @@ from vidpipe.runtime.dist import cuda_device_for, process_group_backend
 from vidpipe.runtime.preload_probe import probe_preload
 
 
-def test_the_worker_server_preload_never_asks_the_cuda_runtime_for_devices():
+def _probe_started(module: str) -> None:
+    """Returns once this process has a preload probe running that imports `module` (its interpreter has started,
+    with the environment it keeps)."""
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process().children():
+            try:
+                if {"vidpipe.runtime.preload_probe", module} <= set(child.cmdline()):
+                    return
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.02)
+    raise AssertionError(f"no preload probe of {module} started")
+
+
+@pytest.fixture(scope="module")
+def probes():
+    """The module's two preload probes, run at once (each an interpreter importing for seconds): the worker
+    server's own preload, then the control's. Each probe takes this process's environment as it starts, so the
+    control's setting is made once the first one runs."""
+    with ThreadPoolExecutor(2) as pool:
+        server = pool.submit(probe_preload, emulate_cuda=True)
+        _probe_started("vidpipe.jobs.generate")
+        with pytest.MonkeyPatch.context() as patch:
+            # NVML-based check off: a user's own setting wins over the server's
+            patch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")
+            control = pool.submit(probe_preload, ["tests.cuda_asker"], emulate_cuda=True)  # asks as diffusers does
+            _probe_started("tests.cuda_asker")
+        yield server, control
+
+
+def test_the_worker_server_preload_never_asks_the_cuda_runtime_for_devices(probes):
     """diffusers asks for an accelerator at import time; with the server's NVML-based check torch answers from
     NVML, so the CUDA runtime (`cudaGetDeviceCount`) is never called and CUDA stays uninitialised. On a CPU build
     torch is made to answer as a CUDA build would (`--emulate-cuda`)."""
-    probe = probe_preload(emulate_cuda=True)
+    probe = probes[0].result()
     assert probe.emulated
     assert probe.device_count_calls == 0 and not probe.cuda_initialized
 
 
-def test_the_preload_probe_sees_a_runtime_device_count_call(monkeypatch):
+def test_the_preload_probe_sees_a_runtime_device_count_call(probes):
     """The control: with the NVML-based check switched off (a user's own setting wins over the server's), the same
     preload calls the CUDA runtime, and the probe counts it. Without this the test above could pass vacuously."""
-    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")
-    probe = probe_preload(["tests.cuda_asker"], emulate_cuda=True)  # asks as diffusers does, without its imports
-    assert probe.device_count_calls >= 1
+    assert probes[1].result().device_count_calls >= 1
 
 
 def test_cuda_runs_get_one_group_with_gloo_for_host_tensors_and_nccl_for_device_tensors():
