@@ -187,7 +187,9 @@ class UNetSplitJob:
         plan = parse_plan(self.plan_text).resolve(ctx.world_size)
         layout = build_layout(ctx, plan)
         with torch.no_grad():
-            whole = unet(sample, torch.tensor(500.0), embeddings, time_ids, return_dict=False)[0]
+            whole = None
+            if ctx.rank == 0:  # only rank 0 compares: the other ranks need not run the whole UNet first
+                whole = unet(sample, torch.tensor(500.0), embeddings, time_ids, return_dict=False)[0]
 
             class Holder:  # the adapter surface `parallelize` needs
                 dtype = torch.float32
