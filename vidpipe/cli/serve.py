@@ -56,7 +56,7 @@ def serve(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     max_steps: MaxSteps = DEFAULT_MAX_STEPS,
     token: Annotated[list[str] | None, typer.Option(
-        help="Bearer token every route but /v1/health requires; repeat it to give each client its own (default: "
+        metavar="TOKEN", help="Bearer token every route but /v1/health requires; repeat it to give each client its own (default: "
              "$VIDPIPE_TOKEN, comma-separated, else none).")] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload.")] = 20.0,
     vae_device: Annotated[str, typer.Option(
