@@ -90,7 +90,7 @@ def test_latency_plans_in_the_simulator_run_the_real_collectives(here, tmp_path,
     makes SVD-XT's 121 collectives a step (plus cfg's one); bytes as worked out; pp hands samples from one sp
     group to the next; the GPU model states its assumptions."""
     out = tmp_path / "r.json"
-    result = here("simulate", "--gpus", "4", "--strategy", plan, "--steps", "4", "--samples", "2",
+    result = here("simulate", "--gpus", "4", "--strategy", plan, "--steps", "2", "--samples", "2",
                  "--latent-shape", "1", "4", "5", "8", "8", "--step-ms", "30", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     report = read_json(out)
