@@ -68,3 +68,13 @@ def cli():
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def pytest_sessionstart(session):
+    """Start the worker server that in-process runs fork their ranks from (`run_here`) before the tests are
+    collected: its preload (torch and diffusers, seconds of CPU) then runs on the other core while collection
+    imports the same modules here, instead of in the first test that runs a command."""
+    if not session.config.option.collectonly:
+        from vidpipe.runtime.forkserver import start_worker_server
+
+        start_worker_server()
