@@ -43,23 +43,35 @@ def photo() -> PIL.Image.Image:
     return PIL.Image.fromarray(pixels)
 
 
-#: diffusers' outputs, by (flavor, output type, seed, image pixels): a flavor's tiny build has the same bytes in
+#: diffusers' outputs, by (output type, flavor, seed, image pixels): a flavor's tiny build has the same bytes in
 #: every cache (tests/test_wan_models.py), so the blocks test and every plan share the pipeline's runs.
 _PIPELINE_OUTPUTS: dict = {}
 
 
 def pipeline_output(source: Source, image, output_type: str, seed: int = 42):
-    key = (source.name, output_type, seed, image.mode, image.size, image.tobytes())
-    if key not in _PIPELINE_OUTPUTS:
+    key = (source.name, seed, image.mode, image.size, image.tobytes())
+    if (output_type, *key) not in _PIPELINE_OUTPUTS:
         from diffusers import WanImageToVideoPipeline
 
         pipe = WanImageToVideoPipeline.from_pretrained(source.path, torch_dtype=torch.float32, local_files_only=True)
         pipe.set_progress_bar_config(disable=True)
-        _PIPELINE_OUTPUTS[key] = pipe(
-            image, prompt=PROMPT, negative_prompt=NEGATIVE, height=32, width=WIDTH[source.name], num_frames=9,
-            num_inference_steps=6, guidance_scale=4.0, generator=torch.Generator("cpu").manual_seed(seed),
-            output_type=output_type).frames
-    return _PIPELINE_OUTPUTS[key]
+        caught = {}
+
+        def catch(_pipe, _step, _timestep, tensors):
+            caught["latents"] = tensors["latents"]
+            return tensors
+
+        def run(kind: str):
+            return pipe(image, prompt=PROMPT, negative_prompt=NEGATIVE, height=32, width=WIDTH[source.name],
+                        num_frames=9, num_inference_steps=6, guidance_scale=4.0,
+                        generator=torch.Generator("cpu").manual_seed(seed), output_type=kind,
+                        callback_on_step_end=catch).frames
+
+        _PIPELINE_OUTPUTS[("np", *key)] = run("np")
+        # output_type="latent" returns the last step's latents, caught above; on TI2V (expand_timesteps) the
+        # image's latents then replace the first frame, so it is asked for.
+        _PIPELINE_OUTPUTS[("latent", *key)] = run("latent") if pipe.config.expand_timesteps else caught["latents"]
+    return _PIPELINE_OUTPUTS[(output_type, *key)]
 
 
 def test_blocks_of_steps_on_fresh_models_give_the_pipeline_latents_and_frames(tiny, photo):
