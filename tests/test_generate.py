@@ -190,6 +190,27 @@ def test_existing_outputs_are_not_overwritten(capsys, tmp_path, cache, photo):
     assert (out / "photo_s0_seed0.mp4").read_bytes() == b"precious"
 
 
+def test_resume_redoes_a_sample_an_interrupted_run_left_partly_written(tmp_path):
+    """An interrupt between a sample's formats leaves its gif but not its png folder: --resume skips the finished
+    sample and redoes that one (its gif replaced), where a plain run refuses to touch either."""
+    from vidpipe.config import GenerateConfig, RunOptions
+    from vidpipe.jobs.generate import plan_outputs
+    from vidpipe.models.base import Sample
+    from vidpipe.errors import UsageError
+
+    out = tmp_path / "o"
+    (out / "still_s0_seed0").mkdir(parents=True)
+    (out / "still_s0_seed0.gif").write_bytes(b"whole")
+    (out / "still_s1_seed1.gif").write_bytes(b"partly written sample")
+    samples = [Sample(i, i, image_name="still") for i in range(3)]
+    config = dict(run=RunOptions(), images=("still.png",), samples=3, out=str(out), formats=("gif", "png"))
+    todo, targets, _inputs = plan_outputs(GenerateConfig(**config, resume=True), samples)
+    assert [s.index for s in todo] == [1, 2]
+    assert targets[1]["gif"] == str(out / "still_s1_seed1.gif")
+    with pytest.raises(UsageError, match="still_s0_seed0.* and 2 more already exist"):
+        plan_outputs(GenerateConfig(**config), samples)
+
+
 def test_a_job_file_runs_every_job_with_its_own_options(tmp_path, cache, photo, capsys, monkeypatch):
     """Three jobs of different steps, frames and motion (one a sweep) through a 2-stage pipeline: the pipeline's
     latents equal data parallel's, files land in OUT/<id>/, the report and manifest are keyed by id, and

@@ -96,7 +96,8 @@ def plan_samples(config: GenerateConfig, images: list) -> list[Sample]:
 
 def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[list[Sample], dict, dict]:
     """(samples still to run, their target paths, input-image paths). Existing files are never overwritten
-    silently: `--resume` skips samples whose outputs are all there, `--overwrite` replaces them."""
+    silently: `--resume` skips samples whose outputs are all there and redoes the others (an interrupted run can
+    leave a sample with some of its formats written: those are replaced), `--overwrite` replaces them."""
     out = Path(config.out)
     kinds = list(config.formats) + (["latents"] if config.save_latents else [])
     targets, inputs, existing, todo = {}, {}, [], []
@@ -107,7 +108,8 @@ def plan_outputs(config: GenerateConfig, samples: list[Sample]) -> tuple[list[Sa
         if config.resume and media.is_complete(paths):
             continue
         todo.append(sample)
-        existing += media.existing_outputs(paths)
+        if not config.resume:
+            existing += media.existing_outputs(paths)
         targets[sample.index] = {kind: str(path) for kind, path in paths.items()}
         if sample.image_name not in seen_stems:
             seen_stems.add(sample.image_name)
@@ -167,7 +169,8 @@ def plan_job_file(config: GenerateConfig, source) -> RunPlan:
             paths = media.output_paths(out / entry.id, media.sample_stem(stem, spec.index, spec.seed), kinds)
             if config.resume and media.is_complete(paths):
                 continue
-            existing += media.existing_outputs(paths)
+            if not config.resume:  # a sample partly written by an interrupted run is redone
+                existing += media.existing_outputs(paths)
             samples.append(Sample(index, spec.seed, image, stem, spec.params))
             targets[index] = {kind: str(path) for kind, path in paths.items()}
             if spec.index == 0:
