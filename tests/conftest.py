@@ -78,3 +78,21 @@ def pytest_sessionstart(session):
         from vidpipe.runtime.forkserver import start_worker_server
 
         start_worker_server()
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster():
+    """A throwaway Postgres for the session (tests/postgres_cluster.py); skipped, with the reason, without one."""
+    from tests.postgres_cluster import start_cluster
+
+    cluster, why = start_cluster()
+    if cluster is None:
+        pytest.skip(why)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_cluster) -> str:
+    """A DSN of a database of this test's own."""
+    return postgres_cluster.fresh_database()

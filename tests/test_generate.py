@@ -194,9 +194,9 @@ def test_resume_redoes_a_sample_an_interrupted_run_left_partly_written(tmp_path)
     """An interrupt between a sample's formats leaves its gif but not its png folder: --resume skips the finished
     sample and redoes that one (its gif replaced), where a plain run refuses to touch either."""
     from vidpipe.config import GenerateConfig, RunOptions
+    from vidpipe.errors import UsageError
     from vidpipe.jobs.generate import plan_outputs
     from vidpipe.models.base import Sample
-    from vidpipe.errors import UsageError
 
     out = tmp_path / "o"
     (out / "still_s0_seed0").mkdir(parents=True)

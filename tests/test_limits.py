@@ -4,7 +4,6 @@ line a server's 422 gives; a job's samples are built lazily; an older job store 
 from __future__ import annotations
 
 import json
-import sqlite3
 
 import pytest
 
@@ -65,24 +64,3 @@ def test_a_jobs_samples_are_built_one_at_a_time_and_once_without_a_sweep(monkeyp
     assert (first.index, first.seed) == (0, 5) and len(calls) == 2
     rest = list(samples)
     assert [s.seed for s in rest] == list(range(6, 105)) and len(calls) == 2
-
-
-def test_an_older_job_store_gains_the_client_column(tmp_path):
-    from vidpipe.serve.store import JobStore
-
-    path = tmp_path / "jobs.sqlite3"
-    old = sqlite3.connect(path)
-    old.execute("CREATE TABLE jobs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, status TEXT NOT NULL, created_at REAL "
-                "NOT NULL, started_at REAL, finished_at REAL, request TEXT NOT NULL, image_path TEXT NOT NULL, "
-                "image_name TEXT NOT NULL, samples_total INTEGER NOT NULL, samples_done INTEGER NOT NULL DEFAULT 0, "
-                "steps_total INTEGER NOT NULL, steps_done INTEGER NOT NULL DEFAULT 0, files TEXT NOT NULL DEFAULT "
-                "'[]', error TEXT, first_step_at REAL, latencies_s TEXT NOT NULL DEFAULT '[]')")
-    old.execute("INSERT INTO jobs (id, seq, status, created_at, request, image_path, image_name, samples_total, "
-                "steps_total) VALUES ('a', 1, 'done', 0, '{}', 'x.png', 'x', 1, 2)")
-    old.commit()
-    old.close()
-    store = JobStore(path)
-    record = store.get("a")
-    assert record.status == "done" and record.client is None
-    assert [r.id for r in store.recent(10, before_seq=2)] == ["a"] and store.recent(10, before_seq=1) == []
-    store.close()

@@ -79,7 +79,8 @@ def wait_for(client: httpx.Client, job_id: str, statuses=("done", "failed", "can
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = client.get(f"/v1/jobs/{job_id}").json()
-        if state["status"] in statuses:
+        # NOTE: a job is "running" from the moment a node claims it; waiting for it to run means its first step.
+        if state["status"] in statuses and (state["status"] != "running" or state["progress"]["steps_done"] > 0):
             return state
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {state['status']}: {state}")

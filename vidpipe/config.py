@@ -419,8 +419,19 @@ class ServeConfig:
     text_encoder_device: str | None = None  # Wan: gpu | cpu (None: gpu); refused for SVD models, as in generate
     limits: Limits = Limits()
     max_queued_per_client: int | None = None  # a client: a token, or an address where the server has none
+    # The fleet (docs/fleet.md): many nodes on one Postgres queue.
+    store: str | None = None  # a postgresql:// DSN; None: SQLite in --out (one node)
+    node_name: str | None = None  # None: HOST:PORT
+    lease_timeout_s: float = 30.0
+    max_attempts: int = 3
 
     def __post_init__(self):
+        if self.lease_timeout_s < 2:
+            raise UsageError(f"--lease-timeout {self.lease_timeout_s}: must be at least 2 seconds (a node renews its "
+                             "leases several times in one)")
+        _at_least("--max-attempts", self.max_attempts, 1)
+        if self.node_name is not None and not self.node_name.strip():
+            raise UsageError("--node-name: give each node a name of its own, e.g. gpu-box-1")
         if self.run.strategy == AUTO:
             raise UsageError("serve takes a plan (jobs arrive later, so there is nothing to choose from yet): e.g. "
                              "--strategy dp for many videos, cfg2.sp2 for fast single videos")

@@ -42,7 +42,22 @@ def serve(
     device: Device = "auto",
     dtype: Dtype = "auto",
     backend: Backend = "auto",
-    out: Annotated[Path, typer.Option(help="Jobs (SQLite), uploads and results go here.")] = Path("outputs/serve"),
+    out: Annotated[Path, typer.Option(
+        help="Uploads and results go here (and the jobs, in SQLite, without --store). A fleet's nodes share one "
+             "folder, mounted at the same path on each (NFS, say).")] = Path("outputs/serve"),
+    store: Annotated[str | None, typer.Option(
+        envvar="VIDPIPE_STORE", metavar="DSN", show_default=False,
+        help="postgresql://USER:PASSWORD@HOST:PORT/DATABASE: keep the jobs, and the queue, in Postgres, shared by "
+             "every node started with the same DSN (a fleet, docs/fleet.md). Default: SQLite in --out, one node. "
+             "Also $VIDPIPE_STORE.")] = None,
+    node_name: Annotated[str | None, typer.Option(
+        "--node-name", show_default=False,
+        help="This node's name in the fleet (jobs, health and the page show it). Default: HOST:PORT.")] = None,
+    lease_timeout: Annotated[float, typer.Option(
+        "--lease-timeout", help="Seconds a node may go without a heartbeat before another node takes its jobs "
+                                "over and runs them again.")] = 30.0,
+    max_attempts: Annotated[int, typer.Option(
+        "--max-attempts", help="Times a job is started before it fails for good, when its node keeps dying.")] = 3,
     host: Annotated[str, typer.Option(
         help="Address to listen on. Anything but this machine (127.0.0.1) needs --token.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on; 0 = any free port (printed).")] = 8000,
@@ -56,8 +71,8 @@ def serve(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     max_steps: MaxSteps = DEFAULT_MAX_STEPS,
     token: Annotated[list[str] | None, typer.Option(
-        metavar="TOKEN", help="Bearer token every route but /v1/health requires; repeat it to give each client its own (default: "
-             "$VIDPIPE_TOKEN, comma-separated, else none).")] = None,
+        metavar="TOKEN", help="Bearer token every route but /v1/health requires; repeat it to give each client its "
+                              "own (default: $VIDPIPE_TOKEN, comma-separated, else none).")] = None,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest image upload.")] = 20.0,
     vae_device: Annotated[str, typer.Option(
         "--vae-device", help="gpu | cpu: where the warm ranks decode (the UNet stays loaded).")] = "gpu",
@@ -88,4 +103,5 @@ def serve(
         run, model, str(out), host, port, max_queue, tokens, max_upload_mb, offline,
         str(cache_dir) if cache_dir else None, vae_device, text_encoder_device,
         Limits(max_samples_per_job, max_frames, max_pixels, max_steps), max_queued_per_client,
+        store, node_name, lease_timeout, max_attempts,
     ))

@@ -3,7 +3,11 @@ the work runs on the warm ranks. Every route is documented in docs/serve.md.
 
 Conventions follow cog and ComfyUI: `202` and an unguessable id on submission, status with queue position and
 progress, Server-Sent Events, cancel, results that stay retrievable, `/v1/health`. Errors are `{"error": "one
-line"}` with the HTTP status that says whose fault it is (422 a field, 413 too large, 429 queue full, 404, 401).
+line"}` with the HTTP status that says whose fault it is (422 a field, 413 too large, 429 queue full, 404, 401,
+503 the job store unreachable).
+
+Any node of a fleet answers every route for every job: a job this node runs is read from its memory, any other
+from the store's row.
 
 The event loop never does work that grows with a job's size or waits for the engine's lock: checking a job runs in
 the thread pool (and builds only its distinct samples), health is read from what the engine last published, a job
@@ -34,12 +38,14 @@ from vidpipe.errors import UsageError
 from vidpipe.jobspec import parse_options, parse_sweep
 from vidpipe.serve.engine import Engine, QueueFull
 from vidpipe.serve.schema import ERROR_RESPONSES, JOB_LINKS, job_form_schema
-from vidpipe.serve.store import FINISHED, JobRecord, now
+from vidpipe.serve.store import FINISHED, JobRecord, StoreUnavailable, now
 
 #: Seconds between two looks at a job's progress for its event stream, and between two keep-alive comments.
 EVENTS_POLL_S = 0.2
 KEEPALIVE_S = 15.0
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+#: An Idempotency-Key: what a client may send (a UUID fits well).
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
 #: What a job's files are served as (videos, GIFs, PNG frames, latents, the upload).
@@ -70,6 +76,11 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
     async def api_error(_request: Request, error: ApiError):
         headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else error.headers
         return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(_request: Request, error: StoreUnavailable):
+        return JSONResponse({"error": f"the job store is unreachable ({error}); nothing was changed: try again"},
+                            status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(RequestValidationError)
     async def bad_parameter(_request: Request, error: RequestValidationError):
@@ -102,14 +113,21 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
                                                       **ERROR_RESPONSES},
               openapi_extra={"requestBody": job_form_schema(engine)})
     async def create_job(request: Request, client: str = authorized):
+        """Answers 202 once the job is committed to the store. A retried POST with the same `Idempotency-Key`
+        header (from the same client) returns the job the first one made."""
+        key = request.headers.get("idempotency-key")
+        if key is not None and not _IDEMPOTENCY_KEY.match(key):
+            raise ApiError(422, "Idempotency-Key: 1 to 200 printable ASCII characters (a UUID, say)")
         job_id = uuid.uuid4().hex  # unguessable, never a timestamp
         folder = engine.job_dir(job_id)
         try:
-            record = await _accept(request, job_id, folder, engine, settings, client)
+            record = await _accept(request, job_id, folder, engine, settings, client, key)
         except BaseException:
             await run_in_threadpool(shutil.rmtree, folder, True)
             raise
-        return {"id": job_id, "status": record.status, "url": f"/v1/jobs/{job_id}"}
+        if record.id != job_id:  # the key's first POST made the job: this upload is not needed
+            await run_in_threadpool(shutil.rmtree, folder, True)
+        return {"id": record.id, "status": record.status, "url": f"/v1/jobs/{record.id}"}
 
     @app.get("/v1/jobs", dependencies=[authorized], responses=ERROR_RESPONSES)
     def list_jobs(limit: int = Query(50, ge=1, le=MAX_PAGE),
@@ -118,7 +136,7 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
         """One page of jobs, newest first, as summaries (a job's options, sweep and files: GET /v1/jobs/{id})."""
         records = engine.store.recent(limit, int(cursor) if cursor else None)
         positions = engine.queue_positions()
-        jobs = [summary(engine.record(r.id) or r, positions) for r in records]
+        jobs = [summary(engine.held(r.id) or r, positions) for r in records]
         return {"jobs": jobs, "next_cursor": str(records[-1].seq) if len(records) == limit else None}
 
     @app.get("/v1/jobs/{job_id}", dependencies=[authorized], responses=ERROR_RESPONSES, operation_id="get_job")
@@ -144,13 +162,15 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
     @app.get("/v1/files/{job_id}/{name:path}", dependencies=[authorized], response_class=FileResponse,
              responses={200: {"description": "the file", "content": FILE_TYPES}, **ERROR_RESPONSES})
     def get_file(job_id: str, name: str):
+        """A file of the job's last attempt (`attempt-<n>/` in its folder), or its upload (`input/...`)."""
         record = _record(engine, job_id)
         folder = engine.job_dir(record.id).resolve()
-        path = (folder / name).resolve()
-        # NOTE: nothing outside the job's folder is ever served, whatever `..` or symlink the name holds.
-        if not path.is_relative_to(folder) or not path.is_file() or path.name.startswith("."):
-            raise ApiError(404, f"no file '{name}' in job {job_id}")
-        return FileResponse(path)
+        for base in (engine.files_dir(record).resolve(), folder):
+            path = (base / name).resolve()
+            # NOTE: nothing outside the job's folder is ever served, whatever `..` or symlink the name holds.
+            if path.is_relative_to(folder) and path.is_file() and not path.name.startswith("."):
+                return FileResponse(path)
+        raise ApiError(404, f"no file '{name}' in job {job_id}")
 
     static = Path(str(resources.files("vidpipe.serve") / "static"))
     if (static / "index.html").is_file():
@@ -170,7 +190,7 @@ def create_app(engine: Engine, settings: ApiSettings) -> FastAPI:
 
 
 async def _accept(request: Request, job_id: str, folder: Path, engine: Engine, settings: ApiSettings,
-                  client: str) -> JobRecord:
+                  client: str, idempotency_key: str | None) -> JobRecord:
     length = request.headers.get("content-length")
     if length and length.isdigit() and int(length) > settings.max_upload_bytes + 65536:
         raise ApiError(413, f"upload of {int(length)} bytes: larger than the server's limit of "
@@ -199,11 +219,11 @@ async def _accept(request: Request, job_id: str, folder: Path, engine: Engine, s
     if sweep_text is not None and not isinstance(sweep_text, str):
         raise ApiError(422, "sweep: send it as a text field (a JSON list), not a file")
     return await run_in_threadpool(_admit, engine, job_id, image_path, name, upload.filename, fields, sweep_text,
-                                   client)
+                                   client, idempotency_key)
 
 
 def _admit(engine: Engine, job_id: str, image_path: Path, name: str, filename: str | None, fields: dict,
-           sweep_text: str | None, client: str) -> JobRecord:
+           sweep_text: str | None, client: str, idempotency_key: str | None) -> JobRecord:
     """Check a job and queue it (in the thread pool: decoding the image and checking a sweep take time)."""
     try:
         media.load_image(image_path)  # the same checks as generate's
@@ -215,15 +235,14 @@ def _admit(engine: Engine, job_id: str, image_path: Path, name: str, filename: s
         message = str(error).replace(str(image_path), f"'{filename or 'image'}'")
         raise ApiError(422, message) from None
     record = JobRecord(
-        id=job_id, seq=engine.store.next_seq(), status="queued", created_at=now(), request=request,
+        id=job_id, seq=0, status="queued", created_at=now(), request=request,
         image_path=str(image_path), image_name=name, samples_total=job.count, steps_total=job.steps_total,
         client=client,
     )
     try:
-        engine.submit(record, job)
+        return engine.submit(record, job, idempotency_key)
     except QueueFull as error:
         raise ApiError(429, str(error), {"Retry-After": str(error.retry_after_s)}) from None
-    return record
 
 
 def _safe_stem(filename: str) -> str:
@@ -249,6 +268,8 @@ def summary(record: JobRecord, positions: dict[str, int]) -> dict:
                      "samples_done": record.samples_done, "samples_total": record.samples_total},
         "error": record.error,
         "image": record.image_name,
+        "node": record.node,
+        "attempts": record.attempts,
         "created_at": record.created_at,
         "started_at": record.started_at,
         "finished_at": record.finished_at,
@@ -266,6 +287,9 @@ def snapshot(engine: Engine, record: JobRecord) -> dict:
                      "samples_done": record.samples_done, "samples_total": record.samples_total},
         "files": [{"name": name, "url": f"/v1/files/{record.id}/{name}"} for name in record.files],
         "error": record.error,
+        "cancel_requested": record.cancel_requested,
+        "node": record.node,
+        "attempts": record.attempts,
         "image": record.image_name,
         "input_url": f"/v1/files/{record.id}/input/{Path(record.image_path).name}",
         "options": {k: v for k, v in record.request.items() if not k.startswith("_")},

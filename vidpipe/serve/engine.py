@@ -2,12 +2,14 @@
 
 One thread owns the ranks: it starts them (they load the model once), hands them samples, follows their events
 and, when a rank fails, fails the jobs it was running, restarts the ranks and goes on with the queue. HTTP
-handlers call `submit`, `cancel` and `snapshot` from other threads; one lock guards the state, and a condition
+handlers call `submit`, `cancel` and `record` from other threads; one lock guards the state, and a condition
 wakes whoever follows a job's progress.
 
-Samples are built and handed out lazily, a few per feed at a time (enough to keep every group or stage busy), so
-a queued job stays in the parent as its options until its turn (cancelling it touches no rank), and a job of any
-admitted size costs the same to take in.
+The queue lives in the store (`store/`): SQLite for one node, Postgres for a fleet whose nodes share it. A job is
+committed there when submitted; a node claims one (with a lease, `lease.py` renews it) when a group or stage of its
+ranks has room, so a waiting job stays claimable by whichever node frees up first. A claimed job's samples are
+built and handed out lazily, a few per feed at a time, so a job of any admitted size costs the same to take in.
+Its files go to `jobs/<id>/attempt-<n>/`; the fenced final write publishes one attempt's set.
 
 When a rank runs out of memory (`memory.py` tells), the job it was running fails as "out of memory" and is not run
 again; the other jobs' samples in flight go back to the queue and run on the restarted ranks.
@@ -16,6 +18,7 @@ again; the other jobs' samples in flight go back to the queue and run on the res
 from __future__ import annotations
 
 import itertools
+import shutil
 import threading
 import time
 from collections import deque
@@ -27,6 +30,7 @@ from vidpipe import media
 from vidpipe.errors import RankFailed, UsageError
 from vidpipe.jobs.serve import STOP, ServeJob, ServeSample
 from vidpipe.jobspec import PER_JOB, CheckedJob, check_job, model_fields
+from vidpipe.report import stderr_console
 from vidpipe.runtime.events import (
     FilesWritten,
     FramesDecoded,
@@ -40,11 +44,12 @@ from vidpipe.runtime.events import (
 )
 from vidpipe.runtime.forkserver import CONTEXT
 from vidpipe.runtime.launch import RankGroup
+from vidpipe.serve.lease import FleetSettings, Heartbeat
 from vidpipe.serve.memory import MemoryWatch
-from vidpipe.serve.store import JobRecord, JobStore, now
+from vidpipe.serve.store import JobRecord, JobStore, StoreUnavailable, now
 
-#: How often a running job's progress is written to the store (its state changes are written at once).
-PERSIST_PROGRESS_S = 2.0
+#: How often an idle node looks for a job another node queued (a job submitted here wakes it at once).
+CLAIM_POLL_S = 0.5
 
 
 class QueueFull(Exception):
@@ -67,18 +72,22 @@ class ServeSettings:
     max_queue: int = 100
     max_queued_per_client: int | None = None
     compile_unet: bool = False
+    fleet: FleetSettings = FleetSettings("local", "")
 
 
 @dataclass
 class JobState:
+    """A job this node holds (claimed from the store, with its lease's token)."""
+
     record: JobRecord
+    token: str
     specs: Iterator  # its samples not handed out yet, built one at a time (`CheckedJob.samples`)
     formats: tuple
     samples: dict[int, ServeSample] = field(default_factory=dict)  # uid -> handed out, not finished
     progress: dict[int, int] = field(default_factory=dict)  # uid -> steps done (a sample has started once here)
     started: dict[int, float] = field(default_factory=dict)  # uid -> wall time its first step began
     cancel_requested: bool = False
-    persisted_at: float = 0.0
+    lost: bool = False  # another node holds it now: stop, write nothing, keep no files
 
 
 class Engine:
@@ -90,8 +99,16 @@ class Engine:
         self.world_size = settings.placement.spec.world_size
         self.lock = threading.RLock()
         self.changed = threading.Condition(self.lock)
-        self.jobs: dict[str, JobState] = {}  # jobs not finished yet (finished ones are read from the store)
-        self.queue: deque[str] = deque()  # jobs with samples not handed out yet, in order
+        self.fleet = settings.fleet
+        self.jobs: dict[str, JobState] = {}  # the jobs this node holds (every other is read from the store)
+        self.queue: deque[str] = deque()  # held jobs with samples not handed out yet, in order
+        self.queue_length = 0  # the store's queue, as last read
+        self.nodes: list[dict] = []  # the fleet, as the last heartbeat read it
+        self.store_error: str | None = None  # why the store cannot be reached now
+        self.stopping = False
+        self._claim_wake = threading.Event()
+        self._next_claim_at = 0.0
+        self.heartbeat = Heartbeat(self)
         self.recent_run_s: deque[float] = deque(maxlen=8)  # the last finished jobs' run times (Retry-After)
         self.retry: deque[ServeSample] = deque()  # samples to hand out again first (their ranks failed)
         self.in_flight: dict[int, int] = {}  # uid -> feed
@@ -130,32 +147,35 @@ class Engine:
     def start(self) -> None:
         self.memory.measure_budget()  # before the ranks load: what they have to spend
         self.memory.watch()
-        for record in self.store.unfinished():  # a restarted server runs what it had not finished, in order
-            record.status, record.started_at, record.samples_done, record.steps_done = "queued", None, 0, 0
-            record.files, record.latencies_s, record.first_step_at = [], [], None
-            try:
-                self._enqueue(record, self.check(record.request))
-            except UsageError as error:  # made for another model, or past this server's limits
-                record.status, record.finished_at = "failed", now()
-                record.error = (f"the server restarted with {self.settings.model_name}, which cannot run this job "
-                                f"({error}): submit it again")
-            self.store.save(record)
+        released = self.store.release_node(self.fleet.node)  # this node was killed before: its jobs run again
+        if released:
+            stderr_console.print(f"vidpipe serve: {len(released)} job(s) this node ({self.fleet.node}) was running "
+                                 "when it stopped are queued again", highlight=False, markup=False)
+        self.queue_length = self.store.count_queued()
+        self.heartbeat.start()
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop the ranks at once. Unfinished jobs stay in the store as queued: a restart runs them again."""
+        """Stop the ranks at once. The jobs this node held go back to the queue (the attempt is not counted): this
+        node's next start, or another node, runs them."""
         self._stopping.set()
+        self.stopping = True
         self.memory.stop()
         with self.lock:
             for feed in self.feeds:
                 feed.put(STOP)
-            for state in self.jobs.values():
-                if state.record.status == "running":
-                    state.record.status = "queued"
-                    self.store.save(state.record)
+            held = [(state.record.id, state.token) for state in self.jobs.values() if not state.lost]
         self._thread.join(timeout=30)
         if self._group is not None:
             self._group.stop()
+        self.heartbeat.stop()
+        try:
+            for job_id, token in held:
+                self.store.release(job_id, token)
+            self.heartbeat.beat()  # the fleet sees this node stopped, and any end still pending is written
+        except StoreUnavailable as error:
+            stderr_console.print(f"vidpipe serve: {error}; the jobs this node held run again once their leases "
+                                 "run out", highlight=False, markup=False)
 
     def _run(self) -> None:
         failures = 0  # in a row, before the ranks got ready again
@@ -218,7 +238,7 @@ class Engine:
             else:
                 why = f"a rank failed while this job ran: {reason} (the job is not run again)"
             for state in list(self.jobs.values()):
-                on_ranks = any(uid in self.in_flight for uid in state.samples) or state.record.status == "running"
+                on_ranks = any(uid in self.in_flight for uid in state.samples) or bool(state.progress)
                 if state.record.id == culprit or (culprit is None and on_ranks):
                     self._finish(state, "failed", why)
             again = [sample for state in self.jobs.values() for uid, sample in sorted(state.samples.items())
@@ -246,40 +266,73 @@ class Engine:
         self.memory.check(job.largest, _guided(job.largest))
         return job
 
-    def submit(self, record: JobRecord, job: CheckedJob) -> None:
-        """Queue a checked job (O(1) in its size: its samples are built when their turn comes)."""
+    def submit(self, record: JobRecord, job: CheckedJob, idempotency_key: str | None = None) -> JobRecord:
+        """Commit a checked job to the store's queue (O(1) in its size: its samples are built when a node claims
+        it). With `idempotency_key`, a client's retried POST returns the job its first one made."""
         s = self.settings
+        queued = self.store.count_queued()
+        if queued >= s.max_queue:
+            raise QueueFull(f"the queue is full ({queued} jobs waiting, --max-queue {s.max_queue}); try again later",
+                            self._retry_after_s())
+        mine = self.store.count_queued(record.client) if s.max_queued_per_client is not None else 0
+        if s.max_queued_per_client is not None and mine >= s.max_queued_per_client:
+            raise QueueFull(f"you have {mine} jobs waiting, the most one client may "
+                            f"(--max-queued-per-client {s.max_queued_per_client}); try again when one has started",
+                            self._retry_after_s())
+        record.request = {**record.request, "_formats": list(job.formats)}
+        stored = self.store.insert(record, idempotency_key)
         with self.lock:
-            queued = [state.record for state in self.jobs.values() if state.record.status == "queued"]
-            if len(queued) >= s.max_queue:
-                raise QueueFull(f"the queue is full ({len(queued)} jobs waiting, --max-queue {s.max_queue}); try "
-                                "again later", self._retry_after_s())
-            mine = sum(1 for queued_record in queued if queued_record.client == record.client)
-            if s.max_queued_per_client is not None and mine >= s.max_queued_per_client:
-                raise QueueFull(f"you have {mine} jobs waiting, the most one client may "
-                                f"(--max-queued-per-client {s.max_queued_per_client}); try again when one has started",
-                                self._retry_after_s())
-            record.request = {**record.request, "_formats": list(job.formats)}
-            self.store.save(record)
-            self._enqueue(record, job)
+            self.queue_length += stored is record
+            self._claim_wake.set()
             self._publish()
             self.changed.notify_all()
+        return stored
 
-    def _enqueue(self, record: JobRecord, job: CheckedJob) -> None:
-        self.jobs[record.id] = JobState(record, job.samples(), job.formats)
+    def _claim(self) -> bool:
+        """Take the next job from the store's queue (or one whose node stopped answering); False when there is none
+        (or the store is away). Called when a group or stage of the ranks has room."""
+        if self.store_error or self.stopping:
+            return False
+        if not self._claim_wake.is_set() and time.monotonic() < self._next_claim_at:
+            return False
+        self._claim_wake.clear()
+        try:
+            claim = self.store.claim(self.fleet.node, self.fleet.lease_s, self.fleet.max_attempts, now())
+        except StoreUnavailable as error:
+            self.store_lost(str(error))
+            return False
+        if claim is None:
+            self._next_claim_at = time.monotonic() + CLAIM_POLL_S
+            return False
+        record = claim.record
+        self.queue_length = max(0, self.queue_length - 1)
+        try:
+            job = self.check(record.request)
+        except UsageError as error:  # made for another model, or past this node's limits
+            self._write_end(record.id, claim.token, {
+                "status": "failed", "finished_at": now(),
+                "error": f"node {self.fleet.node} serves {self.settings.model_name}, which cannot run this job "
+                         f"({error}): submit it again"})
+            return True
+        if record.attempts > 1:
+            stderr_console.print(f"vidpipe serve: job {record.id} taken over (attempt {record.attempts}; its last "
+                                 "node stopped answering)", highlight=False, markup=False)
+        self.jobs[record.id] = JobState(record, claim.token, job.samples(), job.formats)
         self.queue.append(record.id)
+        return True
 
-    def _next_sample(self) -> ServeSample | None:
-        """The next sample to hand out: one whose ranks failed, else the next of the first job with any left."""
+    def _next_sample(self, may_claim: bool) -> ServeSample | None:
+        """The next sample to hand out: one whose ranks failed, else the next of the first held job with any left,
+        else (when `may_claim`) the first of a job claimed from the store."""
         if self.retry:
             return self.retry.popleft()
-        while self.queue:
+        while self.queue or (may_claim and self._claim()):
             state = self.jobs[self.queue[0]]
             spec = next(state.specs, None)
             if spec is None:
                 self.queue.popleft()
                 continue
-            record, folder = state.record, self.job_dir(state.record.id)
+            record, folder = state.record, self.files_dir(state.record)
             stem = media.sample_stem(record.image_name, spec.index, spec.seed)
             targets = {kind: str(path) for kind, path in media.output_paths(folder, stem, state.formats).items()}
             input_target = str(folder / f"{record.image_name}_input.png") if spec.index == 0 else None
@@ -298,10 +351,16 @@ class Engine:
         return max(1, min(600, round(sum(self.recent_run_s) / len(self.recent_run_s))))
 
     def cancel(self, job_id: str) -> None:
-        """A queued job leaves the queue; a running one stops at its samples' next step boundary."""
+        """A queued job leaves the queue; a running one stops at its samples' next step boundary (a job another node
+        runs is flagged in the store: that node stops it at its next heartbeat)."""
         with self.lock:
             state = self.jobs.get(job_id)
-            if state is None or state.record.finished:
+            held = state is not None
+        if not held:
+            self.store.request_cancel(job_id, now())
+            return
+        with self.lock:
+            if state.record.finished or self.jobs.get(job_id) is not state:
                 return
             self._unqueue(job_id)
             running = [uid for uid in self.in_flight if self._job_of(uid) == job_id]
@@ -329,7 +388,9 @@ class Engine:
             feed = min(range(self.feed_count), key=self.feed_load.__getitem__)
             if self.feed_load[feed] >= self.feed_depth:
                 return
-            sample = self._next_sample()
+            # NOTE: a new job is claimed only when a group is idle (or a pipeline's first stage about to be): a node
+            # never holds a job it cannot start soon, so another node with room takes it.
+            sample = self._next_sample(may_claim=self.feed_load[feed] < self.feed_depth - 1)
             if sample is None:
                 return
             self.in_flight[sample.uid] = feed
@@ -360,10 +421,8 @@ class Engine:
             if state is not None:
                 if event.step == 0:  # the sample's first step began `seconds` before the rank reported it
                     state.started.setdefault(event.sample, event.wall_time - event.seconds)
-                if state.record.status == "queued":  # its first sample has started on the ranks
-                    state.record.status, state.record.started_at = "running", now()
+                if state.record.first_step_at is None:
                     state.record.first_step_at = state.started.get(event.sample)
-                    self.store.save(state.record)
                 state.progress[event.sample] = max(state.progress.get(event.sample, 0), event.step + 1)
                 self._progressed(state)
         elif isinstance(event, SampleDone):
@@ -405,42 +464,114 @@ class Engine:
             self._finish(state, "done", None)
 
     def _progressed(self, state: JobState, force: bool = False) -> None:
-        record = state.record
-        record.steps_done = sum(state.progress.values())
-        if force or now() - state.persisted_at >= PERSIST_PROGRESS_S:
-            state.persisted_at = now()
-            self.store.save(record)
+        """Progress is kept here and written to the store by the heartbeat (`lease.py`); the end at once."""
+        state.record.steps_done = sum(state.progress.values())
         self.changed.notify_all()
 
     def _finish(self, state: JobState, status: str, error: str | None) -> None:
-        self._unqueue(state.record.id)
-        state.record.status, state.record.error, state.record.finished_at = status, error, now()
-        if status == "done" and state.record.started_at:
-            self.recent_run_s.append(state.record.finished_at - state.record.started_at)
-        self.store.save(state.record)
-        del self.jobs[state.record.id]
+        record = state.record
+        self._unqueue(record.id)
+        del self.jobs[record.id]
         for uid in state.samples:
             self.job_of_uid.pop(uid, None)
         self.changed.notify_all()
+        if state.lost:  # another node runs it now: nothing of this attempt is kept
+            self.discard_attempt(record.id, record.attempts)
+            return
+        record.status, record.error, record.finished_at = status, error, now()
+        if status == "done" and record.started_at:
+            self.recent_run_s.append(record.finished_at - record.started_at)
+        self._write_end(record.id, state.token, {
+            "status": status, "error": error, "finished_at": record.finished_at, **_progress(record)})
+        if status == "done":  # earlier attempts' files (their nodes died) go: the job has one set
+            for folder in self.job_dir(record.id).glob("attempt-*"):
+                if folder.name != f"attempt-{record.attempts}":
+                    shutil.rmtree(folder, ignore_errors=True)
+
+    def _write_end(self, job_id: str, token: str, changes: dict) -> None:
+        """A job's end, fenced by its lease. While the store is away it waits in the heartbeat's `pending`; refused
+        (the lease was lost: another node took the job over), this attempt's files are discarded."""
+        try:
+            held = self.store.update(job_id, token, changes)
+        except StoreUnavailable as error:
+            self.heartbeat.pending[job_id] = (token, changes)
+            self.store_lost(str(error))
+            return
+        if not held:
+            stderr_console.print(f"vidpipe serve: job {job_id} was taken over by another node before this one "
+                                 "finished it; its files here are discarded", highlight=False, markup=False)
+            self.discard_attempt(job_id)
+
+    # 3b. The lease (`lease.py` calls these from its thread).
+
+    def held_jobs(self) -> list[tuple[str, str, dict]]:
+        """(id, lease token, progress) of every job this node holds."""
+        with self.lock:
+            return [(state.record.id, state.token, _progress(state.record)) for state in self.jobs.values()
+                    if not state.lost]
+
+    def lease_lost(self, job_id: str) -> None:
+        """Another node took this job over (this one did not heartbeat in time): stop its samples at the next step
+        boundary and keep nothing of this attempt."""
+        with self.lock:
+            state = self.jobs.get(job_id)
+            if state is None:
+                return
+            stderr_console.print(f"vidpipe serve: lost the lease on job {job_id} (another node took it over): "
+                                 "stopping it here", highlight=False, markup=False)
+            state.lost = True
+        self.cancel(job_id)
+
+    def discard_attempt(self, job_id: str, attempt: int | None = None) -> None:
+        record = self.jobs[job_id].record if job_id in self.jobs else None
+        attempt = attempt if attempt is not None else (record.attempts if record else None)
+        if attempt:
+            shutil.rmtree(self.job_dir(job_id) / f"attempt-{attempt}", ignore_errors=True)
+
+    def store_lost(self, reason: str) -> None:
+        with self.lock:
+            if self.store_error is None:
+                stderr_console.print(f"vidpipe serve: {reason}; claiming no job until it is back (retrying)",
+                                     highlight=False, markup=False)
+            self.store_error = reason
+            self._publish()
+
+    def store_back(self, nodes: list[dict], queue_length: int) -> None:
+        with self.lock:
+            if self.store_error is not None:
+                stderr_console.print("vidpipe serve: the store is reachable again", highlight=False, markup=False)
+                self._claim_wake.set()
+            self.store_error = None
+            self.nodes = [{**node, "seconds_since_heartbeat": round(node.pop("seconds_since"), 1)} for node in nodes]
+            self.queue_length = queue_length
+            self._publish()
 
     # 4. What the API shows.
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.out / "jobs" / job_id
 
-    def record(self, job_id: str) -> JobRecord | None:
+    def files_dir(self, record: JobRecord) -> Path:
+        """Where an attempt's files go: `attempt-<n>/` in the job's folder (a job that never ran: the folder)."""
+        folder = self.job_dir(record.id)
+        return folder / f"attempt-{record.attempts}" if record.attempts else folder
+
+    def held(self, job_id: str) -> JobRecord | None:
+        """A job this node runs, from memory; None for any other."""
         with self.lock:
             state = self.jobs.get(job_id)
-            return state.record if state is not None else self.store.get(job_id)
+            return state.record if state is not None and not state.lost else None
+
+    def record(self, job_id: str) -> JobRecord | None:
+        """A job as this node knows it best: held here, from memory (fresher than the store); else the store's row."""
+        return self.held(job_id) or self.store.get(job_id)
 
     def queue_position(self, job_id: str) -> int | None:
         """1 for the next job to start, None once it runs or finished."""
-        return self.queue_positions().get(job_id)
+        return self.store.queue_position(job_id)
 
     def queue_positions(self) -> dict[str, int]:
-        with self.lock:
-            queued = sorted((s.record.seq, s.record.id) for s in self.jobs.values() if s.record.status == "queued")
-        return {job: position for position, (_seq, job) in enumerate(queued, start=1)}
+        return {job: position for position, job in enumerate(self.store.queued_ids(), start=1)}
 
     def health(self) -> dict:
         """The server's state as last published: read without the lock, so it answers at once under any load."""
@@ -449,16 +580,19 @@ class Engine:
     def _publish(self) -> None:
         with self.lock:
             self._health = {
-                "status": self.status,
+                "status": "unhealthy" if self.store_error else self.status,
                 "ranks": self.world_size,
                 "plan": self.plan.name,
                 "model": self.settings.model_name,
                 "device": self.settings.placement.spec.device_type,
-                "queue_length": sum(1 for s in self.jobs.values() if s.record.status == "queued"),
-                "running_jobs": sum(1 for s in self.jobs.values() if s.record.status == "running"),
+                "queue_length": self.queue_length,
+                "running_jobs": sum(1 for s in self.jobs.values() if not s.lost),
                 "samples_in_flight": len(self.in_flight),
                 "restarts": self.restarts,
-                "last_error": self.last_error,
+                "last_error": f"store unreachable: {self.store_error}" if self.store_error else self.last_error,
+                "node": self.fleet.node,
+                "store": self.store.name,
+                "nodes": self.nodes,
                 "rank_status": [dict(status, rank=rank) for rank, status in enumerate(self.rank_status)],
                 "family": self.settings.source.family,
                 "fields": list(self.fields),
@@ -495,7 +629,7 @@ class Engine:
         return state.samples[uid]
 
     def _relative_files(self, job_id: str, files) -> list[str]:
-        folder = self.job_dir(job_id)
+        folder = self.files_dir(self.jobs[job_id].record)
         names = []
         for path in map(Path, files):
             if path.is_dir():  # --format png: a folder of frames; list the frames
@@ -503,6 +637,12 @@ class Engine:
             else:
                 names.append(str(path.relative_to(folder)))
         return names
+
+
+def _progress(record: JobRecord) -> dict:
+    """What a node writes about a held job as it runs (each write fenced by the job's lease)."""
+    return {"samples_done": record.samples_done, "steps_done": record.steps_done, "files": record.files,
+            "latencies_s": record.latencies_s, "first_step_at": record.first_step_at}
 
 
 def _dtype_bytes(dtype: str) -> int:

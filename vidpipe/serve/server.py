@@ -26,7 +26,8 @@ def serve(config: ServeConfig) -> None:
     from vidpipe.runtime.launch import under_torchrun
     from vidpipe.serve.app import ApiSettings, create_app
     from vidpipe.serve.engine import Engine, ServeSettings
-    from vidpipe.serve.store import JobStore
+    from vidpipe.serve.lease import FleetSettings
+    from vidpipe.serve.store import open_store
 
     if under_torchrun():
         raise UsageError("serve starts and restarts its own ranks: run it directly, not under torchrun")
@@ -48,15 +49,27 @@ def serve(config: ServeConfig) -> None:
     out = Path(config.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
     sock = _bind(config.host, config.port)
-    store = JobStore(out / "jobs.sqlite3")
-    engine = Engine(ServeSettings(source, config.model, placement, params, out, base, config.limits, config.max_queue,
-                                  config.max_queued_per_client, run.compile), store)
-    app = create_app(engine, ApiSettings(config.tokens, int(config.max_upload_mb * 1024 * 1024)))
     host, port = sock.getsockname()[:2]
+    try:
+        store = open_store(config.store, out)
+    except UsageError:
+        sock.close()
+        raise
+    fleet = FleetSettings(config.node_name or f"{socket.gethostname()}:{port}", f"http://{host}:{port}/",
+                          config.lease_timeout_s, config.max_attempts)
+    try:
+        _check_node_name(store, fleet)
+    except UsageError:
+        store.close()
+        sock.close()
+        raise
+    engine = Engine(ServeSettings(source, config.model, placement, params, out, base, config.limits, config.max_queue,
+                                  config.max_queued_per_client, run.compile, fleet), store)
+    app = create_app(engine, ApiSettings(config.tokens, int(config.max_upload_mb * 1024 * 1024)))
     stderr_console.print(
-        f"vidpipe serve: http://{host}:{port}/ (plan {placement.plan.name}, model {config.model}, "
+        f"vidpipe serve: http://{host}:{port}/ (node {fleet.node}, plan {placement.plan.name}, model {config.model}, "
         f"{placement.spec.world_size} {placement.spec.device_type} rank(s); loading: GET /v1/health says when "
-        f"ready); jobs and files in {out}", highlight=False, markup=False)
+        f"ready); jobs in the {store.name}, files in {out}", highlight=False, markup=False)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     previous = _interrupt_on_signals()  # uvicorn stops gracefully, then re-raises the signal into these
     try:
@@ -72,6 +85,15 @@ def serve(config: ServeConfig) -> None:
         sock.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _check_node_name(store, fleet) -> None:
+    """Two live nodes of one name would take each other's jobs for their own: refuse to start as a node that
+    heartbeat moments ago (a node killed and started again has missed a few beats by then)."""
+    for node in store.nodes():
+        if node["name"] == fleet.node and node["status"] != "stopped" and node["seconds_since"] < 3 * fleet.beat_s:
+            raise UsageError(f"--node-name {fleet.node}: a node of that name is running ({node['url']}, heartbeat "
+                             f"{node['seconds_since']:.1f} s ago): give each node its own --node-name")
 
 
 def _bind(host: str, port: int) -> socket.socket:

@@ -1,0 +1,85 @@
+"""The fleet's store: every `vidpipe serve --store postgresql://...` node shares one queue in one Postgres database.
+
+A claim locks its row with `FOR UPDATE SKIP LOCKED`, so two nodes claiming at once take different jobs and never
+wait for each other. Leases are measured by the database's clock. One connection per node, behind a lock; a lost
+connection raises `StoreUnavailable` and the next call connects again.
+"""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import psycopg
+from psycopg import conninfo
+
+from vidpipe.serve.store.records import StoreUnavailable
+from vidpipe.serve.store.sql import SqlStore
+
+#: Any number, the same on every node: schema changes by nodes starting at once are made one at a time.
+_SCHEMA_LOCK = 7_271_929_041
+#: Give up on an unreachable database after this long, and notice a dead connection this fast.
+_CONNECT = {"connect_timeout": 5, "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+            "keepalives_count": 3, "tcp_user_timeout": 10_000, "application_name": "vidpipe serve"}
+
+
+class PostgresStore(SqlStore):
+    NOW = "EXTRACT(EPOCH FROM clock_timestamp())::double precision"
+    SEQ = "BIGSERIAL"
+    CLAIM_LOCK = " FOR UPDATE SKIP LOCKED"
+
+    def __init__(self, dsn: str):
+        self._dsn = dsn
+        self._password = conninfo.conninfo_to_dict(dsn).get("password") or ""
+        self.name = f"Postgres store {describe(dsn)}"
+        self.shared = True  # many nodes
+        self._lock = threading.RLock()
+        self._conn: psycopg.Connection | None = None
+        with self._transaction() as run:
+            run("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
+            self._migrate(run, lambda run: {row[0] for row in run(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = 'jobs' "
+                "AND table_schema = current_schema()")})
+
+    def _connection(self) -> psycopg.Connection:
+        if self._conn is None or self._conn.closed:
+            self._conn = psycopg.connect(self._dsn, autocommit=True, **_CONNECT)
+        return self._conn
+
+    @contextmanager
+    def _transaction(self):
+        with self._lock:
+            try:
+                conn = self._connection()
+                with conn.transaction():
+                    yield lambda sql, params=(): conn.execute(sql.replace("?", "%s"), params)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as error:
+                if self._conn is not None:
+                    self._conn.close()
+                reason = self.redact(" ".join(str(error).split()))  # one line
+                raise StoreUnavailable(f"{self.name}: cannot connect ({reason})") from None
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._password, "***") if self._password else text
+
+    def _duplicate(self, error: Exception) -> bool:
+        return isinstance(error, psycopg.errors.UniqueViolation)
+
+    def _insert_sql(self, columns: list[str]) -> str:
+        return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) RETURNING seq"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+
+
+def describe(dsn: str) -> str:
+    """The DSN as messages show it: user, host, port and database, never the password."""
+    try:
+        parts = conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "postgresql://(a DSN that could not be read)"
+    user = f"{parts['user']}@" if parts.get("user") else ""
+    port = f":{parts['port']}" if parts.get("port") else ""
+    return f"postgresql://{user}{parts.get('host', 'localhost')}{port}/{parts.get('dbname', '')}"
