@@ -35,7 +35,14 @@ class Cluster:
             shutil.chown(password_file, "postgres")
         self._run("initdb", "-D", str(data), "-U", USER, "--pwfile", str(password_file), "-A", "scram-sha-256",
                   "--no-sync", "-E", "UTF8")
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.root / "log"), "-w", "-t", "60", "-o",
+        self.resume()
+
+    def pause(self) -> None:
+        """The database goes away (its connections are cut); `resume` brings it back on the same port."""
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        self._run("pg_ctl", "-D", str(self.root / "data"), "-l", str(self.root / "log"), "-w", "-t", "60", "-o",
                   f"-p {self.port} -k {self.root} -h 127.0.0.1 -c fsync=off -c max_connections=200", "start")
 
     def stop(self) -> None:

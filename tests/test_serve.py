@@ -29,9 +29,9 @@ IMAGE = REPO / "examples" / "sunset.png"
 class Server:
     """`vidpipe serve ARGS` in a subprocess; `url` once it listens, `wait_ready` once its ranks have loaded."""
 
-    def __init__(self, out: Path, cache: Path, *args: str, env_extra: dict | None = None):
+    def __init__(self, out: Path, cache: Path, *args: str, env_extra: dict | None = None, log: Path | None = None):
         self.out = out
-        self.log = out.parent / f"{out.name}.log"
+        self.log = log or out.parent / f"{out.name}.log"
         command = [sys.executable, "-m", "vidpipe", "serve", "--model", "tiny", "--device", "cpu", "--port", "0",
                    "--out", str(out), "--cache-dir", str(cache), *args]
         with self.log.open("w") as log:
