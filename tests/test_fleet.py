@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.test_page import CHROMEDRIVER, CHROMIUM, browser, screenshot, until  # noqa: F401 - the fixture
 from tests.test_serve import Server, post, wait_for
 from vidpipe.models.registry import resolve_model
 
@@ -103,6 +104,25 @@ def test_two_nodes_serve_one_queue(fleet):
         assert all(n["plan"] == "dp1" and n["gpus"] == 1 and n["seconds_since_heartbeat"] < LEASE_S
                    for n in health["nodes"])
         assert "pw-never-shown" not in str(health) and "postgresql://vidpipe@127.0.0.1" in health["store"]
+
+
+@pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no chromium and chromedriver on this machine "
+                    "(Debian: apt-get install -y chromium chromium-driver)")
+def test_the_page_shows_the_nodes_and_where_each_job_ran(fleet, browser, tmp_path):
+    _dsn, _out, nodes, _cluster = fleet
+    with nodes["a"].client() as a:
+        job = post(a, steps=2, frames=2, height=32, width=32).json()["id"]
+        ran_on = wait_for(a, job)["node"]
+    browser.get(nodes["b"].url + "/")
+    rows = until(lambda: browser.execute_script(
+        "return [...document.querySelectorAll('#nodes tbody tr')].map(r => r.dataset.node)"), what="the nodes")
+    assert rows == ["a", "b"] and browser.execute_script("return !document.querySelector('#nodes-card').hidden")
+    assert "(this one)" in browser.execute_script("return document.querySelector('#nodes tr[data-node=b]').textContent")
+    node_text = until(lambda: browser.execute_script(
+        "const c = document.querySelector(`article[data-id='${arguments[0]}'] .node`); return c && c.textContent;",
+        job), what="the job's node")
+    assert node_text == f"on {ran_on}"
+    screenshot(browser, tmp_path, "fleet")
 
 
 def test_soak_forty_jobs_one_node_killed_and_restarted(fleet, cache):

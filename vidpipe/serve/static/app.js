@@ -48,7 +48,8 @@ async function loadHealth() {
     return;
   }
   setBadge($("#health-status"), health.status);
-  $("#health-plan").textContent = `plan ${health.plan} on ${health.ranks} ${health.device} rank(s)`;
+  const fleet = (health.nodes || []).length > 1 ? `node ${health.node} · ` : "";
+  $("#health-plan").textContent = `${fleet}plan ${health.plan} on ${health.ranks} ${health.device} rank(s)`;
   const family = FAMILY_NAMES[health.family];
   $("#health-model").textContent = `model ${health.model}` + (family ? ` (${family})` : "");
   $("#health-queue").textContent = `queue ${health.queue_length}` +
@@ -63,6 +64,23 @@ async function loadHealth() {
     `<td>${rank.job ? rank.job.slice(0, 8) : "-"}</td><td>${rank.sample ?? "-"}</td>` +
     `<td>${rank.step ?? "-"}${rank.block ? ` (${rank.block})` : ""}</td></tr>`);
   $("#ranks tbody").innerHTML = rows.join("");
+  renderNodes(health);
+}
+
+// The fleet's nodes (a store shared by several nodes; docs/fleet.md): shown once there is more than this one.
+function renderNodes(health) {
+  const nodes = health.nodes || [];
+  $("#nodes-card").hidden = nodes.length < 2;
+  $("#nodes tbody").innerHTML = nodes.map((node) => {
+    const self = node.name === health.node ? " (this one)" : "";
+    return `<tr data-node="${escapeHtml(node.name)}"><td>${escapeHtml(node.name)}${self}</td>` +
+      `<td>${escapeHtml(node.status)}</td><td>${escapeHtml(node.plan)}</td><td>${node.gpus}</td>` +
+      `<td>${node.seconds_since_heartbeat} s ago</td></tr>`;
+  }).join("");
+}
+
+function escapeHtml(text) {
+  return String(text).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
 function fieldLabel(name) { return $(`#job-form label[data-field=${name}]`); }
@@ -184,6 +202,7 @@ function renderJob(state, newest = false) {
   $(".job-name", card).textContent = `${state.image} · ${state.id.slice(0, 8)}`;
   setBadge($(".status", card), state.status);
   $(".position", card).textContent = state.queue_position ? `#${state.queue_position} in the queue` : "";
+  $(".node", card).textContent = state.node ? `on ${state.node}` + (state.attempts > 1 ? ` (attempt ${state.attempts})` : "") : "";
   const options = Object.entries(state.options).map(([k, v]) => `${k} ${typeof v === "object" ? JSON.stringify(v) : v}`);
   $(".job-options", card).textContent = options.join(" · ") || "default options";
   const progress = state.progress;
