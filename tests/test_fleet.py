@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import run_main
 from tests.test_page import CHROMEDRIVER, CHROMIUM, browser, screenshot, until  # noqa: F401 - the fixture
 from tests.test_serve import Server, post, wait_for
 from vidpipe.models.registry import resolve_model
@@ -108,7 +109,7 @@ def test_two_nodes_serve_one_queue(fleet):
 
 @pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="no chromium and chromedriver on this machine "
                     "(Debian: apt-get install -y chromium chromium-driver)")
-def test_the_page_shows_the_nodes_and_where_each_job_ran(fleet, browser, tmp_path):
+def test_the_page_shows_the_nodes_and_where_each_job_ran(fleet, browser, tmp_path):  # noqa: F811
     _dsn, _out, nodes, _cluster = fleet
     with nodes["a"].client() as a:
         job = post(a, steps=2, frames=2, height=32, width=32).json()["id"]
@@ -207,3 +208,10 @@ def test_a_node_outlives_its_store_and_loses_no_job(fleet):
             assert time.monotonic() < deadline
             time.sleep(0.2)
     assert "pw-never-shown" not in node.log.read_text()
+
+
+def test_an_unreachable_store_at_start_is_one_line_and_exit_2(capsys, tmp_path):
+    code, err = run_main(capsys, "serve", "--model", "tiny", "--device", "cpu", "--port", "0", "--out",
+                         str(tmp_path), "--store", "postgresql://vidpipe:pw-never-shown@127.0.0.1:1/vidpipe")
+    assert code == 2 and "cannot connect" in err and "postgresql://vidpipe@127.0.0.1:1/vidpipe" in err, err
+    assert "pw-never-shown" not in err and len(err.strip().splitlines()) == 1, err

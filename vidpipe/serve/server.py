@@ -19,57 +19,24 @@ DEFAULT_GPUS = 1
 def serve(config: ServeConfig) -> None:
     import uvicorn
 
-    from vidpipe.jobspec import job_base
-    from vidpipe.models.registry import family_module, resolve_model
-    from vidpipe.parallel.plan import ParallelPlan
-    from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
     from vidpipe.runtime.launch import under_torchrun
-    from vidpipe.serve.app import ApiSettings, create_app
-    from vidpipe.serve.engine import Engine, ServeSettings
-    from vidpipe.serve.lease import FleetSettings
     from vidpipe.serve.store import open_store
 
     if under_torchrun():
         raise UsageError("serve starts and restarts its own ranks: run it directly, not under torchrun")
-    source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
-    family = family_module(source.family)
-    # A job starts from generate's defaults, completed by the model's family, and the server's own devices.
-    given = {"text_encoder_device"} if config.text_encoder_device is not None else set()
-    base = job_base(model=config.model, vae_device=config.vae_device,
-                    text_encoder_device=config.text_encoder_device or "gpu", given=frozenset(given))
-    run = config.run
-    if run.gpus is None:
-        device_type = resolve_device_type(run.device, 1)
-        run = replace(run, gpus=cuda_device_count() if device_type == "cuda" else DEFAULT_GPUS)
-    plan = run.plan(run.gpus)
-    # The ranks load with a job's defaults (a job of no options); jobs may choose more steps than a pp plan's stages.
-    params = family.job_params(base, source, ParallelPlan("dp", 1))
-    family.check_job(plan, replace(params, steps=max(params.steps, plan.groups)))
-    placement = place(run, max(params.steps, plan.groups), default_gpus=DEFAULT_GPUS)
     out = Path(config.out).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    sock = _bind(config.host, config.port)
-    host, port = sock.getsockname()[:2]
+    store = open_store(config.store, out)  # first: an unreachable database is one line before any model loads
     try:
-        store = open_store(config.store, out)
-    except UsageError:
-        sock.close()
-        raise
-    fleet = FleetSettings(config.node_name or f"{socket.gethostname()}:{port}", f"http://{host}:{port}/",
-                          config.lease_timeout_s, config.max_attempts)
-    try:
-        _check_node_name(store, fleet)
-    except UsageError:
+        engine, app, sock, fleet = _prepare(config, store, out)
+    except BaseException:
         store.close()
-        sock.close()
         raise
-    engine = Engine(ServeSettings(source, config.model, placement, params, out, base, config.limits, config.max_queue,
-                                  config.max_queued_per_client, run.compile, fleet), store)
-    app = create_app(engine, ApiSettings(config.tokens, int(config.max_upload_mb * 1024 * 1024)))
+    host, port = sock.getsockname()[:2]
     stderr_console.print(
-        f"vidpipe serve: http://{host}:{port}/ (node {fleet.node}, plan {placement.plan.name}, model {config.model}, "
-        f"{placement.spec.world_size} {placement.spec.device_type} rank(s); loading: GET /v1/health says when "
-        f"ready); jobs in the {store.name}, files in {out}", highlight=False, markup=False)
+        f"vidpipe serve: http://{host}:{port}/ (node {fleet.node}, plan {engine.plan.name}, model {config.model}, "
+        f"{engine.world_size} {engine.settings.placement.spec.device_type} rank(s); loading: GET /v1/health says "
+        f"when ready); jobs in the {store.name}, files in {out}", highlight=False, markup=False)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
     previous = _interrupt_on_signals()  # uvicorn stops gracefully, then re-raises the signal into these
     try:
@@ -85,6 +52,46 @@ def serve(config: ServeConfig) -> None:
         sock.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _prepare(config: ServeConfig, store, out: Path):
+    """The model, the plan, the listening socket and the engine; nothing started yet."""
+    from vidpipe.jobspec import job_base
+    from vidpipe.models.registry import family_module, resolve_model
+    from vidpipe.parallel.plan import ParallelPlan
+    from vidpipe.runtime.devices import cuda_device_count, resolve_device_type
+    from vidpipe.serve.app import ApiSettings, create_app
+    from vidpipe.serve.engine import Engine, ServeSettings
+    from vidpipe.serve.lease import FleetSettings
+
+    source = resolve_model(config.model, config.offline, Path(config.cache_dir) if config.cache_dir else None)
+    family = family_module(source.family)
+    # A job starts from generate's defaults, completed by the model's family, and the server's own devices.
+    given = {"text_encoder_device"} if config.text_encoder_device is not None else set()
+    base = job_base(model=config.model, vae_device=config.vae_device,
+                    text_encoder_device=config.text_encoder_device or "gpu", given=frozenset(given))
+    run = config.run
+    if run.gpus is None:
+        device_type = resolve_device_type(run.device, 1)
+        run = replace(run, gpus=cuda_device_count() if device_type == "cuda" else DEFAULT_GPUS)
+    plan = run.plan(run.gpus)
+    # The ranks load with a job's defaults (a job of no options); jobs may choose more steps than a pp plan's stages.
+    params = family.job_params(base, source, ParallelPlan("dp", 1))
+    family.check_job(plan, replace(params, steps=max(params.steps, plan.groups)))
+    placement = place(run, max(params.steps, plan.groups), default_gpus=DEFAULT_GPUS)
+    sock = _bind(config.host, config.port)
+    host, port = sock.getsockname()[:2]
+    fleet = FleetSettings(config.node_name or f"{socket.gethostname()}:{port}", f"http://{host}:{port}/",
+                          config.lease_timeout_s, config.max_attempts)
+    try:
+        _check_node_name(store, fleet)
+    except UsageError:
+        sock.close()
+        raise
+    engine = Engine(ServeSettings(source, config.model, placement, params, out, base, config.limits, config.max_queue,
+                                  config.max_queued_per_client, run.compile, fleet), store)
+    app = create_app(engine, ApiSettings(config.tokens, int(config.max_upload_mb * 1024 * 1024)))
+    return engine, app, sock, fleet
 
 
 def _check_node_name(store, fleet) -> None:
