@@ -154,7 +154,7 @@ def test_a_job_that_exhausts_a_rank_fails_as_out_of_memory_and_the_jobs_beside_i
     try:
         with server.client() as client:
             server.wait_ready(client)
-            small = post(client, steps=120, frames=4)  # samples go to the feed with the fewest: rank 0 on a tie
+            small = post(client, steps=60, frames=4)  # samples go to the feed with the fewest: rank 0 on a tie
             wait_for(client, small.json()["id"], statuses=("running",))
             big = post(client, steps=2, frames=16, height=1072, width=1920)
             assert small.status_code == big.status_code == 202

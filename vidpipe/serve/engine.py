@@ -522,6 +522,16 @@ class Engine:
             state.lost = True
         self.cancel(job_id)
 
+    def cancelled_elsewhere(self, job_id: str) -> None:
+        """A DELETE reached another node: its flag in the store says so. Stop the job here, and say so once."""
+        with self.lock:
+            state = self.jobs.get(job_id)
+            if state is None or state.cancel_requested:
+                return
+        stderr_console.print(f"vidpipe serve: job {job_id} was cancelled through another node: stopping it at the "
+                             "next step boundary", highlight=False, markup=False)
+        self.cancel(job_id)
+
     def discard_attempt(self, job_id: str, attempt: int | None = None) -> None:
         record = self.jobs[job_id].record if job_id in self.jobs else None
         attempt = attempt if attempt is not None else (record.attempts if record else None)

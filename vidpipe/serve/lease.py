@@ -80,5 +80,5 @@ class Heartbeat:
             if not beat.held:
                 engine.lease_lost(job_id)
             elif beat.cancel_requested:
-                engine.cancel(job_id)
+                engine.cancelled_elsewhere(job_id)
         engine.store_back(nodes, store.count_queued())
