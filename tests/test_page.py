@@ -84,13 +84,20 @@ def submit(driver, **fields) -> str:
         what="the new job's card")
 
 
-def test_the_page_submits_follows_plays_and_cancels(browser, tmp_path, cache):  # noqa: F811
+def test_the_page_asks_for_the_token_once_submits_follows_plays_and_cancels(browser, tmp_path, cache):  # noqa: F811
+    """A server with a token: the page asks for it once (kept in the browser), then every request, the event
+    streams and the videos carry it."""
     from selenium.webdriver.common.by import By
 
-    server = Server(tmp_path / "out", cache, "--gpus", "2", "--strategy", "dp")
+    server = Server(tmp_path / "out", cache, "--gpus", "2", "--strategy", "dp", env_extra={"VIDPIPE_TOKEN": "s3cret"})
     try:
         browser.get(server.url + "/")
+        until(lambda: browser.find_element(By.ID, "token-panel").is_displayed(), what="the token prompt")
+        browser.find_element(By.ID, "token").send_keys("s3cret")
+        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        browser.refresh()  # kept in the browser's storage: not asked again
         until(lambda: browser.find_element(By.ID, "health-status").text == "ready", what="the server to be ready")
+        assert not browser.find_element(By.ID, "token-panel").is_displayed()
         assert "plan dp2" in browser.find_element(By.ID, "health-plan").text
         assert browser.find_element(By.NAME, "steps").get_attribute("value") == "25"  # the server's defaults
         screenshot(browser, tmp_path, "idle")
@@ -161,26 +168,5 @@ def test_the_page_submits_follows_plays_and_cancels(browser, tmp_path, cache):  
         browser.refresh()
         until(lambda: card_status(browser, done_job) == "done" and card_status(browser, long_job) == "cancelled",
               what="the history after a reload")
-    finally:
-        server.stop()
-
-
-def test_the_page_asks_for_the_token_once(browser, tmp_path, cache):  # noqa: F811
-    from selenium.webdriver.common.by import By
-
-    server = Server(tmp_path / "out", cache, "--gpus", "1", env_extra={"VIDPIPE_TOKEN": "s3cret"})
-    try:
-        browser.get(server.url + "/")
-        until(lambda: browser.find_element(By.ID, "token-panel").is_displayed(), what="the token prompt")
-        browser.find_element(By.ID, "token").send_keys("s3cret")
-        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
-        browser.refresh()  # kept in the browser's storage: not asked again
-        until(lambda: browser.find_element(By.ID, "health-status").text == "ready", what="the server to be ready")
-        assert not browser.find_element(By.ID, "token-panel").is_displayed()
-        job = submit(browser, steps=2)
-        until(lambda: card_status(browser, job) == "done", what="the job, followed with the token")
-        until(lambda: browser.execute_script(
-            f"const v = document.querySelector(`article[data-id='{job}'] video`); return v && v.readyState >= 2"),
-            what="the video, fetched with the token")
     finally:
         server.stop()
