@@ -96,3 +96,14 @@ def postgres_cluster():
 def postgres_dsn(postgres_cluster) -> str:
     """A DSN of a database of this test's own."""
     return postgres_cluster.fresh_database()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A model cache with the tiny SVD model built in it (random weights, real diffusers architectures), once per
+    test module."""
+    from vidpipe.models.registry import resolve_model
+
+    cache_dir = tmp_path_factory.mktemp("cache")
+    resolve_model("tiny", cache_dir=cache_dir)
+    return cache_dir

@@ -17,16 +17,8 @@ import pytest
 from tests.conftest import run_main
 from tests.test_page import CHROMEDRIVER, CHROMIUM, browser, screenshot, until  # noqa: F401 - the fixture
 from tests.test_serve import Server, post, wait_for
-from vidpipe.models.registry import resolve_model
 
 LEASE_S = 10
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp("cache")
-    resolve_model("tiny", cache_dir=cache_dir)
-    return cache_dir
 
 
 def start_node(name: str, dsn: str, out: Path, cache: Path) -> Server:

@@ -20,12 +20,6 @@ STEPS = 3  # pp's 2 stages take 2 + 1 steps
 COMMON = ["--model", "tiny", "--steps", str(STEPS), "--device", "cpu", "--max-guidance", "2.5"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp("cache")
-    resolve_model("tiny", cache_dir=cache_dir)  # built once for the module
-    return cache_dir
-
 
 @pytest.fixture(scope="module")
 def photo(tmp_path_factory):

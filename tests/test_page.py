@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_serve import IMAGE, Server, cache  # noqa: F401 - the fixture is shared
+from tests.test_serve import IMAGE, Server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -84,7 +84,7 @@ def submit(driver, **fields) -> str:
         what="the new job's card")
 
 
-def test_the_page_asks_for_the_token_once_submits_follows_plays_and_cancels(browser, tmp_path, cache):  # noqa: F811
+def test_the_page_asks_for_the_token_once_submits_follows_plays_and_cancels(browser, tmp_path, cache):
     """A server with a token: the page asks for it once (kept in the browser), then every request, the event
     streams and the videos carry it."""
     from selenium.webdriver.common.by import By

@@ -21,7 +21,6 @@ import torch
 from safetensors.torch import load_file
 
 from tests.conftest import REPO, run_main, vidpipe_env
-from vidpipe.models.registry import resolve_model
 
 IMAGE = REPO / "examples" / "sunset.png"
 
@@ -85,12 +84,6 @@ def wait_for(client: httpx.Client, job_id: str, statuses=("done", "failed", "can
         time.sleep(0.05)
     raise AssertionError(f"job {job_id} still {state['status']}: {state}")
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp("cache")
-    resolve_model("tiny", cache_dir=cache_dir)
-    return cache_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,6 @@ import threading
 import time
 
 import httpx
-import pytest
 from PIL import Image
 
 from tests.conftest import run_main
@@ -20,12 +19,6 @@ from vidpipe.models.registry import resolve_model
 #: tiny's own maximum: 4 x the 4 frames its UNet was trained for.
 TINY_MAX_FRAMES = 16
 
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    cache_dir = tmp_path_factory.mktemp("cache")
-    resolve_model("tiny", cache_dir=cache_dir)
-    return cache_dir
 
 
 class HealthWatch:
