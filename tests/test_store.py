@@ -151,14 +151,16 @@ def test_a_first_version_sqlite_store_is_migrated(tmp_path):
                 "image_name TEXT NOT NULL, samples_total INTEGER NOT NULL, samples_done INTEGER NOT NULL DEFAULT 0, "
                 "steps_total INTEGER NOT NULL, steps_done INTEGER NOT NULL DEFAULT 0, files TEXT NOT NULL DEFAULT "
                 "'[]', error TEXT, first_step_at REAL, latencies_s TEXT NOT NULL DEFAULT '[]')")
-    old.execute("INSERT INTO jobs (id, seq, status, created_at, request, image_path, image_name, samples_total, "
-                "steps_total) VALUES ('a', 1, 'done', 0, '{}', 'x.png', 'x', 1, 2)")
+    for job_id, seq, status in (("a", 1, "done"), ("b", 2, "running")):  # b: its server was killed mid-job
+        old.execute("INSERT INTO jobs (id, seq, status, created_at, request, image_path, image_name, samples_total, "
+                    "steps_total) VALUES (?, ?, ?, 0, '{}', 'x.png', 'x', 1, 2)", (job_id, seq, status))
     old.commit()
     old.close()
     store = open_store(None, tmp_path)
     record = store.get("a")
     assert record.status == "done" and record.client is None and record.attempts == 0
-    assert store.insert(job()).seq == 2
+    assert store.insert(job()).seq == 3
+    assert store.claim("n", 30, 3, time.time()).record.id == "b"  # run again, before the new job
     store.close()
 
 

@@ -163,7 +163,8 @@ class SqlStore:
         """The oldest job that is queued, or whose node's lease ran out, now held by `node`; None when there is none.
         In the same transaction, a job whose node died after it was cancelled ends cancelled, and one already
         started --max-attempts times fails with the reason."""
-        expired = f"(status = 'running' AND lease_expires < {self.NOW})"
+        # NOTE: a running job without a lease was left by a vidpipe before leases (a server killed mid-job).
+        expired = f"(status = 'running' AND (lease_expires IS NULL OR lease_expires < {self.NOW}))"
         token = uuid.uuid4().hex
         with self._transaction() as run:
             run(f"UPDATE jobs SET status = 'cancelled', finished_at = ?, {_NO_LEASE} WHERE {expired} "
