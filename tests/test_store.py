@@ -173,3 +173,26 @@ def test_an_unreachable_store_is_one_line_without_its_password(postgres_cluster,
     assert "pw-never-shown" not in message and "\n" not in message
     with pytest.raises(UsageError, match="give a postgresql://"):
         open_store("mysql://x", tmp_path)
+
+
+def test_postgres_wakes_listening_nodes_on_a_new_job_and_a_cancel(postgres_dsn, tmp_path):
+    import queue
+
+    store = open_store(postgres_dsn, tmp_path)
+    heard: queue.Queue = queue.Queue()
+    store.listen(heard.put)
+    deadline = time.monotonic() + 30
+    while True:  # until the listener has connected: a job queued before it listens wakes nobody (polling finds it)
+        store.insert(job())
+        try:
+            assert heard.get(timeout=1) == "job"
+            break
+        except queue.Empty:
+            assert time.monotonic() < deadline, "no notification"
+    claim = store.claim("a", 30, 3, time.time())
+    store.request_cancel(claim.record.id, time.time())
+    messages = [heard.get(timeout=10)]
+    while messages[-1] == "job":  # the other jobs' wake-ups, if they came late
+        messages.append(heard.get(timeout=10))
+    assert messages[-1] == f"cancel:{claim.record.id}"
+    store.close()

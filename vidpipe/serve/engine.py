@@ -152,6 +152,7 @@ class Engine:
             stderr_console.print(f"vidpipe serve: {len(released)} job(s) this node ({self.fleet.node}) was running "
                                  "when it stopped are queued again", highlight=False, markup=False)
         self.queue_length = self.store.count_queued()
+        self.store.listen(self._notified)  # other nodes' submissions and cancels, at once (polling backs it up)
         self.heartbeat.start()
         self._thread.start()
 
@@ -521,6 +522,12 @@ class Engine:
                                  "stopping it here", highlight=False, markup=False)
             state.lost = True
         self.cancel(job_id)
+
+    def _notified(self, message: str) -> None:
+        if message == "job":
+            self._claim_wake.set()
+        elif message.startswith("cancel:"):
+            self.cancelled_elsewhere(message.removeprefix("cancel:"))
 
     def cancelled_elsewhere(self, job_id: str) -> None:
         """A DELETE reached another node: its flag in the store says so. Stop the job here, and say so once."""

@@ -7,6 +7,7 @@ connection raises `StoreUnavailable` and the next call connects again.
 
 from __future__ import annotations
 
+import sys
 import threading
 from contextlib import contextmanager
 
@@ -16,6 +17,8 @@ from psycopg import conninfo
 from vidpipe.serve.store.records import StoreUnavailable
 from vidpipe.serve.store.sql import SqlStore
 
+#: The channel nodes wake each other on (design §11: NOTIFY as a wake-up, the row as the truth).
+CHANNEL = "vidpipe"
 #: Any number, the same on every node: schema changes by nodes starting at once are made one at a time.
 _SCHEMA_LOCK = 7_271_929_041
 #: Give up on an unreachable database after this long, and notice a dead connection this fast.
@@ -35,6 +38,7 @@ class PostgresStore(SqlStore):
         self.shared = True  # many nodes
         self._lock = threading.RLock()
         self._conn: psycopg.Connection | None = None
+        self._closed = threading.Event()
         with self._transaction() as run:
             run("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
             self._migrate(run, lambda run: {row[0] for row in run(
@@ -68,7 +72,30 @@ class PostgresStore(SqlStore):
     def _insert_sql(self, columns: list[str]) -> str:
         return f"INSERT INTO jobs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)}) RETURNING seq"
 
+    def _notify(self, run, message: str) -> None:
+        run("SELECT pg_notify(?, ?)", (CHANNEL, message))
+
+    def listen(self, on_message) -> None:
+        threading.Thread(target=self._listen, args=(on_message,), name="vidpipe-listen", daemon=True).start()
+
+    def _listen(self, on_message) -> None:
+        """Its own connection, LISTENing; lost, it connects again (a notification missed meanwhile is made up for by
+        polling)."""
+        while not self._closed.is_set():
+            try:
+                with psycopg.connect(self._dsn, autocommit=True, **_CONNECT) as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    while not self._closed.is_set():
+                        for notice in conn.notifies(timeout=1.0):
+                            try:
+                                on_message(notice.payload)
+                            except Exception as error:  # noqa: BLE001 - a wake-up must not end the listening
+                                print(f"vidpipe serve: a store notification failed: {error!r}", file=sys.stderr)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                self._closed.wait(2.0)
+
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

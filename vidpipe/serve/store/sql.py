@@ -49,6 +49,13 @@ class SqlStore:
     def _insert_sql(self, columns: list[str]) -> str:
         raise NotImplementedError
 
+    def _notify(self, run, message: str) -> None:
+        """Wake the nodes that listen (`listen`), once the transaction commits; nothing where no node listens."""
+
+    def listen(self, on_message) -> None:
+        """Call `on_message("job")` when a job is queued and `on_message("cancel:<id>")` when a running job is asked
+        to stop, from another thread, until `close`. A wake-up only: the rows stay the truth, polled as well."""
+
     # 1. The schema.
 
     def _schema(self, run) -> list[str]:
@@ -110,6 +117,7 @@ class SqlStore:
         try:
             with self._transaction() as run:
                 (seq,) = run(self._insert_sql(list(row)), tuple(row.values())).fetchone()
+                self._notify(run, "job")
         except Exception as error:
             if idempotency_key is None or not self._duplicate(error):
                 raise
@@ -154,6 +162,7 @@ class SqlStore:
                    (finished_at, job_id)).rowcount:
                 return "cancelled"
             if run("UPDATE jobs SET cancel_requested = 1 WHERE id = ? AND status = 'running'", (job_id,)).rowcount:
+                self._notify(run, f"cancel:{job_id}")
                 return "requested"
         return None
 
