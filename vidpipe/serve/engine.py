@@ -44,7 +44,7 @@ from vidpipe.runtime.events import (
 )
 from vidpipe.runtime.forkserver import CONTEXT
 from vidpipe.runtime.launch import RankGroup
-from vidpipe.serve.lease import FleetSettings, Heartbeat
+from vidpipe.serve.lease import FleetSettings, Heartbeat, LeaseHolder, progress_of
 from vidpipe.serve.memory import MemoryWatch
 from vidpipe.serve.store import JobRecord, JobStore, StoreUnavailable, now
 
@@ -90,7 +90,7 @@ class JobState:
     lost: bool = False  # another node holds it now: stop, write nothing, keep no files
 
 
-class Engine:
+class Engine(LeaseHolder):
     def __init__(self, settings: ServeSettings, store: JobStore):
         self.settings = settings
         self.store = store
@@ -457,14 +457,14 @@ class Engine:
         if files is not None:
             state.record.samples_done += 1
             state.record.files += self._relative_files(state.record.id, files)
-        self._progressed(state, force=True)
+        self._progressed(state)
         still_running = any(self._job_of(u) == state.record.id for u in self.in_flight)
         if state.cancel_requested and not still_running:
             self._finish(state, "cancelled", None)
         elif state.record.samples_done == state.record.samples_total:
             self._finish(state, "done", None)
 
-    def _progressed(self, state: JobState, force: bool = False) -> None:
+    def _progressed(self, state: JobState) -> None:
         """Progress is kept here and written to the store by the heartbeat (`lease.py`); the end at once."""
         state.record.steps_done = sum(state.progress.values())
         self.changed.notify_all()
@@ -483,85 +483,11 @@ class Engine:
         if status == "done" and record.started_at:
             self.recent_run_s.append(record.finished_at - record.started_at)
         self._write_end(record.id, state.token, {
-            "status": status, "error": error, "finished_at": record.finished_at, **_progress(record)})
+            "status": status, "error": error, "finished_at": record.finished_at, **progress_of(record)})
         if status == "done":  # earlier attempts' files (their nodes died) go: the job has one set
             for folder in self.job_dir(record.id).glob("attempt-*"):
                 if folder.name != f"attempt-{record.attempts}":
                     shutil.rmtree(folder, ignore_errors=True)
-
-    def _write_end(self, job_id: str, token: str, changes: dict) -> None:
-        """A job's end, fenced by its lease. While the store is away it waits in the heartbeat's `pending`; refused
-        (the lease was lost: another node took the job over), this attempt's files are discarded."""
-        try:
-            held = self.store.update(job_id, token, changes)
-        except StoreUnavailable as error:
-            self.heartbeat.pending[job_id] = (token, changes)
-            self.store_lost(str(error))
-            return
-        if not held:
-            stderr_console.print(f"vidpipe serve: job {job_id} was taken over by another node before this one "
-                                 "finished it; its files here are discarded", highlight=False, markup=False)
-            self.discard_attempt(job_id)
-
-    # 3b. The lease (`lease.py` calls these from its thread).
-
-    def held_jobs(self) -> list[tuple[str, str, dict]]:
-        """(id, lease token, progress) of every job this node holds."""
-        with self.lock:
-            return [(state.record.id, state.token, _progress(state.record)) for state in self.jobs.values()
-                    if not state.lost]
-
-    def lease_lost(self, job_id: str) -> None:
-        """Another node took this job over (this one did not heartbeat in time): stop its samples at the next step
-        boundary and keep nothing of this attempt."""
-        with self.lock:
-            state = self.jobs.get(job_id)
-            if state is None:
-                return
-            stderr_console.print(f"vidpipe serve: lost the lease on job {job_id} (another node took it over): "
-                                 "stopping it here", highlight=False, markup=False)
-            state.lost = True
-        self.cancel(job_id)
-
-    def _notified(self, message: str) -> None:
-        if message == "job":
-            self._claim_wake.set()
-        elif message.startswith("cancel:"):
-            self.cancelled_elsewhere(message.removeprefix("cancel:"))
-
-    def cancelled_elsewhere(self, job_id: str) -> None:
-        """A DELETE reached another node: its flag in the store says so. Stop the job here, and say so once."""
-        with self.lock:
-            state = self.jobs.get(job_id)
-            if state is None or state.cancel_requested:
-                return
-        stderr_console.print(f"vidpipe serve: job {job_id} was cancelled through another node: stopping it at the "
-                             "next step boundary", highlight=False, markup=False)
-        self.cancel(job_id)
-
-    def discard_attempt(self, job_id: str, attempt: int | None = None) -> None:
-        record = self.jobs[job_id].record if job_id in self.jobs else None
-        attempt = attempt if attempt is not None else (record.attempts if record else None)
-        if attempt:
-            shutil.rmtree(self.job_dir(job_id) / f"attempt-{attempt}", ignore_errors=True)
-
-    def store_lost(self, reason: str) -> None:
-        with self.lock:
-            if self.store_error is None:
-                stderr_console.print(f"vidpipe serve: {reason}; claiming no job until it is back (retrying)",
-                                     highlight=False, markup=False)
-            self.store_error = reason
-            self._publish()
-
-    def store_back(self, nodes: list[dict], queue_length: int) -> None:
-        with self.lock:
-            if self.store_error is not None:
-                stderr_console.print("vidpipe serve: the store is reachable again", highlight=False, markup=False)
-                self._claim_wake.set()
-            self.store_error = None
-            self.nodes = [{**node, "seconds_since_heartbeat": round(node.pop("seconds_since"), 1)} for node in nodes]
-            self.queue_length = queue_length
-            self._publish()
 
     # 4. What the API shows.
 
@@ -654,12 +580,6 @@ class Engine:
             else:
                 names.append(str(path.relative_to(folder)))
         return names
-
-
-def _progress(record: JobRecord) -> dict:
-    """What a node writes about a held job as it runs (each write fenced by the job's lease)."""
-    return {"samples_done": record.samples_done, "steps_done": record.steps_done, "files": record.files,
-            "latencies_s": record.latencies_s, "first_step_at": record.first_step_at}
 
 
 def _dtype_bytes(dtype: str) -> int:

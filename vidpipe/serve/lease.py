@@ -1,4 +1,4 @@
-"""A node's side of the shared queue: its heartbeat (design §11).
+"""A node's side of the shared queue: its leases (`LeaseHolder`, which the engine is) and its heartbeat (design §11).
 
 Every `beat_s` one thread, outside the engine's lock:
 - extends the lease of each job this node holds and writes its progress (readers on other nodes see it);
@@ -13,11 +13,12 @@ back-off. Nothing about a held job is lost meanwhile: its samples go on running,
 
 from __future__ import annotations
 
+import shutil
 import threading
 from dataclasses import dataclass
 
 from vidpipe.report import stderr_console
-from vidpipe.serve.store import NodeInfo, StoreUnavailable, now
+from vidpipe.serve.store import JobRecord, NodeInfo, StoreUnavailable, now
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,83 @@ class FleetSettings:
     def beat_s(self) -> float:
         """How often a node renews its leases: several beats fit in one lease, so one slow write loses nothing."""
         return max(0.5, min(2.0, self.lease_s / 5))
+
+
+class LeaseHolder:
+    """The engine's side of its leases (`Engine` is one): the fenced end of a job, and what the heartbeat and the
+    store's notifications call from their threads (each takes the engine's lock)."""
+
+    def _write_end(self, job_id: str, token: str, changes: dict) -> None:
+        """A job's end, fenced by its lease. While the store is away it waits in the heartbeat's `pending`; refused
+        (the lease was lost: another node took the job over), this attempt's files are discarded."""
+        try:
+            held = self.store.update(job_id, token, changes)
+        except StoreUnavailable as error:
+            self.heartbeat.pending[job_id] = (token, changes)
+            self.store_lost(str(error))
+            return
+        if not held:
+            stderr_console.print(f"vidpipe serve: job {job_id} was taken over by another node before this one "
+                                 "finished it; its files here are discarded", highlight=False, markup=False)
+            self.discard_attempt(job_id)
+
+    def held_jobs(self) -> list[tuple[str, str, dict]]:
+        """(id, lease token, progress) of every job this node holds."""
+        with self.lock:
+            return [(state.record.id, state.token, progress_of(state.record)) for state in self.jobs.values()
+                    if not state.lost]
+
+    def lease_lost(self, job_id: str) -> None:
+        """Another node took this job over (this one did not heartbeat in time): stop its samples at the next step
+        boundary and keep nothing of this attempt."""
+        with self.lock:
+            state = self.jobs.get(job_id)
+            if state is None:
+                return
+            stderr_console.print(f"vidpipe serve: lost the lease on job {job_id} (another node took it over): "
+                                 "stopping it here", highlight=False, markup=False)
+            state.lost = True
+        self.cancel(job_id)
+
+    def _notified(self, message: str) -> None:
+        if message == "job":
+            self._claim_wake.set()
+        elif message.startswith("cancel:"):
+            self.cancelled_elsewhere(message.removeprefix("cancel:"))
+
+    def cancelled_elsewhere(self, job_id: str) -> None:
+        """A DELETE reached another node: its flag in the store says so. Stop the job here, and say so once."""
+        with self.lock:
+            state = self.jobs.get(job_id)
+            if state is None or state.cancel_requested:
+                return
+        stderr_console.print(f"vidpipe serve: job {job_id} was cancelled through another node: stopping it at the "
+                             "next step boundary", highlight=False, markup=False)
+        self.cancel(job_id)
+
+    def discard_attempt(self, job_id: str, attempt: int | None = None) -> None:
+        record = self.jobs[job_id].record if job_id in self.jobs else None
+        attempt = attempt if attempt is not None else (record.attempts if record else None)
+        if attempt:
+            shutil.rmtree(self.job_dir(job_id) / f"attempt-{attempt}", ignore_errors=True)
+
+    def store_lost(self, reason: str) -> None:
+        with self.lock:
+            if self.store_error is None:
+                stderr_console.print(f"vidpipe serve: {reason}; claiming no job until it is back (retrying)",
+                                     highlight=False, markup=False)
+            self.store_error = reason
+            self._publish()
+
+    def store_back(self, nodes: list[dict], queue_length: int) -> None:
+        with self.lock:
+            if self.store_error is not None:
+                stderr_console.print("vidpipe serve: the store is reachable again", highlight=False, markup=False)
+                self._claim_wake.set()
+            self.store_error = None
+            self.nodes = [{**node, "seconds_since_heartbeat": round(node.pop("seconds_since"), 1)} for node in nodes]
+            self.queue_length = queue_length
+            self._publish()
 
 
 class Heartbeat:
@@ -82,3 +160,9 @@ class Heartbeat:
             elif beat.cancel_requested:
                 engine.cancelled_elsewhere(job_id)
         engine.store_back(nodes, store.count_queued())
+
+
+def progress_of(record: JobRecord) -> dict:
+    """What a node writes about a held job as it runs (each write fenced by the job's lease)."""
+    return {"samples_done": record.samples_done, "steps_done": record.steps_done, "files": record.files,
+            "latencies_s": record.latencies_s, "first_step_at": record.first_step_at}
