@@ -154,6 +154,29 @@ def test_soak_forty_jobs_one_node_killed_and_restarted(fleet, cache):
         assert client.get("/v1/health").json()["status"] in ("ready", "busy")
 
 
+def test_a_node_that_lost_its_lease_stops_and_writes_nothing(fleet):
+    """A node alive but fenced out (here: its lease token replaced in the row, as a takeover does) stops the job at
+    its next heartbeat, writes nothing more and deletes its attempt's files; the job then runs on (attempt 2) and
+    ends with one set of files."""
+    import psycopg
+
+    dsn, out, nodes, _cluster = fleet
+    with nodes["a"].client() as a:
+        job = post(a, steps=150, frames=2, height=32, width=32).json()["id"]  # runs for seconds: several beats
+        running = wait_for(a, job, statuses=("running",))
+        with psycopg.connect(dsn, autocommit=True) as conn:  # what a takeover does to the row
+            conn.execute("UPDATE jobs SET lease_token = 'another node', lease_expires = 0 WHERE id = %s", (job,))
+        holder = nodes[running["node"]]
+        deadline = time.monotonic() + 30
+        while f"lost the lease on job {job}" not in holder.log.read_text():
+            assert time.monotonic() < deadline, holder.log.read_text()[-2000:]
+            time.sleep(0.1)
+        done = wait_for(a, job, timeout=120)  # claimed again (its lease "expired"), by either node
+    assert done["status"] == "done" and done["attempts"] == 2, done
+    assert sorted(p.name for p in (out / "jobs" / job).glob("attempt-*")) == ["attempt-2"]
+    assert [f["name"] for f in done["files"] if f["name"].endswith(".mp4")] == ["sunset_s0_seed0.mp4"]
+
+
 def test_a_killed_nodes_job_is_taken_over_and_ends_with_one_set_of_files(fleet):
     _dsn, out, nodes, _cluster = fleet  # NOTE: the killed node stays down
     with nodes["a"].client() as a:
