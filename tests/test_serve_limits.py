@@ -184,3 +184,26 @@ def test_an_out_of_memory_error_is_told_from_other_failures():
     assert not watch.out_of_memory(RankFailed("rank 0 died unexpectedly", rank=0, exitcode=-signal.SIGKILL))
     assert not watch.out_of_memory(RankFailed("rank 1 died unexpectedly", rank=1, exitcode=-signal.SIGSEGV))
     assert not watch.out_of_memory(RankFailed("rank 1 failed: ValueError: bad size", rank=1))
+
+
+def test_submit_posts_again_with_the_same_idempotency_key(tmp_path, monkeypatch):
+    """A post whose answer is lost (the connection broke: a fleet's node died), then a 503 (the job store away): the
+    third post makes the job, and all three carried one Idempotency-Key, so the server could never make two jobs."""
+    from vidpipe.serve import client as submit_client
+
+    posts = []
+
+    def server(request: httpx.Request) -> httpx.Response:
+        posts.append(request.headers.get("idempotency-key"))
+        if len(posts) == 1:
+            raise httpx.ConnectError("connection reset by peer", request=request)
+        if len(posts) == 2:
+            return httpx.Response(503, json={"error": "the job store is unreachable"}, headers={"Retry-After": "1"})
+        return httpx.Response(202, json={"id": "a" * 32, "status": "queued", "url": "/v1/jobs/" + "a" * 32})
+
+    monkeypatch.setattr(submit_client.time, "sleep", lambda _s: None)
+    config = submit_client.SubmitConfig((str(IMAGE),), "http://fleet", {"steps": 2}, out=str(tmp_path))
+    with httpx.Client(base_url="http://fleet", transport=httpx.MockTransport(server)) as client:
+        job = submit_client._post(client, str(IMAGE), config)
+    assert job["id"] == "a" * 32 and len(posts) == 3
+    assert posts[0] and len(set(posts)) == 1

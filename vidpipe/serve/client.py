@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,8 +16,12 @@ from vidpipe.errors import Interrupted, UsageError, VidpipeError
 from vidpipe.media.atomic import atomic_output
 from vidpipe.report import stderr_console
 
-#: How long `submit` keeps posting a job the server's full queue refuses (429), waiting as `Retry-After` says.
+#: How long `submit` keeps posting a job the server's full queue refuses (429), or its unreachable job store (503),
+#: waiting as `Retry-After` says.
 QUEUE_FULL_WAIT_S = 600.0
+#: Posts of a job whose answer never came (the connection broke): each is safe, the Idempotency-Key makes the server
+#: return the job a lost answer had made instead of a second one.
+POST_TRIES = 4
 
 
 @dataclass(frozen=True)
@@ -61,17 +66,28 @@ def submit(config: SubmitConfig) -> list[dict]:
 
 
 def _post(client: httpx.Client, image: str, config: SubmitConfig) -> dict:
+    """Post one job. Every post of it carries the same Idempotency-Key, so posting again after a broken connection
+    (a fleet's node that died, say) never makes a second job."""
     data = {name: str(value) for name, value in config.options.items()}
     if config.sweep:
         data["sweep"] = config.sweep
-    waited = 0.0
+    headers = {"Idempotency-Key": uuid.uuid4().hex}
+    waited, tries = 0.0, 0
     while True:
-        with open(image, "rb") as handle:
-            response = _request(client, "POST", "/v1/jobs", data=data, files={"image": (Path(image).name, handle)},
-                                retry_on_full=True)
-        if response.status_code != 429:
+        tries += 1
+        try:
+            with open(image, "rb") as handle:
+                response = _request(client, "POST", "/v1/jobs", data=data, headers=headers, retry_on_full=True,
+                                    files={"image": (Path(image).name, handle)})
+        except VidpipeError as error:
+            if isinstance(error, UsageError) or tries >= POST_TRIES:
+                raise
+            stderr_console.print(f"{image}: {error}; posting again in {tries} s", highlight=False, markup=False)
+            time.sleep(tries)
+            continue
+        if response.status_code not in (429, 503):
             break
-        # The queue, or this client's share of it, is full: wait as the server asks, then post again.
+        # The queue, or this client's share of it, is full, or the job store is away: wait as the server asks.
         delay = max(1.0, float(response.headers.get("retry-after") or 10))
         if waited + delay > QUEUE_FULL_WAIT_S:
             raise VidpipeError(f"the server's queue stayed full for {waited:.0f} s: {_error_text(response)}")
@@ -90,7 +106,7 @@ def _request(client: httpx.Client, method: str, url: str, retry_on_full: bool = 
         raise VidpipeError(f"cannot reach {client.base_url}: {error}; is `vidpipe serve` running there?") from None
     if response.status_code in (401, 413, 422):
         raise UsageError(f"the server refused the job ({response.status_code}): {_error_text(response)}")
-    if response.status_code == 429 and retry_on_full:
+    if response.status_code in (429, 503) and retry_on_full:
         return response
     if response.status_code >= 400:
         raise VidpipeError(f"the server answered {response.status_code}: {_error_text(response)}")
