@@ -196,3 +196,36 @@ def test_postgres_wakes_listening_nodes_on_a_new_job_and_a_cancel(postgres_dsn, 
         messages.append(heard.get(timeout=10))
     assert messages[-1] == f"cancel:{claim.record.id}"
     store.close()
+
+
+def test_a_jobs_end_keeps_one_attempts_files(tmp_path):
+    """The fenced end (`serve/lease.py record_end`): refused for a node that lost the job, whose attempt's files go;
+    written for the node that holds it, and then every other attempt's folder goes."""
+    from vidpipe.serve.lease import LeaseHolder
+
+    class Node(LeaseHolder):
+        def __init__(self, store):
+            self.store = store
+
+        def job_dir(self, job_id):
+            return tmp_path / "jobs" / job_id
+
+        def attempt_dir(self, job_id, attempt):
+            return self.job_dir(job_id) / f"attempt-{attempt}"
+
+    store = open_store(None, tmp_path)
+    record = store.insert(job())
+    old = store.claim("a", 0.1, 3, time.time())
+    time.sleep(0.2)
+    new = store.claim("b", 30, 3, time.time())
+    node = Node(store)
+    for attempt in (1, 2):
+        node.attempt_dir(record.id, attempt).mkdir(parents=True)
+        (node.attempt_dir(record.id, attempt) / "in_s0_seed0.mp4").write_bytes(b"video")
+    node.record_end(record.id, old.token, {"status": "done", "files": ["in_s0_seed0.mp4"]}, 1)
+    assert not node.attempt_dir(record.id, 1).exists() and store.get(record.id).status == "running"
+    node.attempt_dir(record.id, 1).mkdir()  # a stale node's late write
+    node.record_end(record.id, new.token, {"status": "done", "files": ["in_s0_seed0.mp4"]}, 2)
+    assert store.get(record.id).status == "done"
+    assert [p.name for p in node.job_dir(record.id).iterdir()] == ["attempt-2"]
+    store.close()

@@ -18,7 +18,6 @@ again; the other jobs' samples in flight go back to the queue and run on the res
 from __future__ import annotations
 
 import itertools
-import shutil
 import threading
 import time
 from collections import deque
@@ -105,7 +104,6 @@ class Engine(LeaseHolder):
         self.queue_length = 0  # the store's queue, as last read
         self.nodes: list[dict] = []  # the fleet, as the last heartbeat read it
         self.store_error: str | None = None  # why the store cannot be reached now
-        self.stopping = False
         self._claim_wake = threading.Event()
         self._next_claim_at = 0.0
         self.heartbeat = Heartbeat(self)
@@ -131,6 +129,10 @@ class Engine(LeaseHolder):
         self.limits = settings.limits.for_model(settings.source) if settings.limits else None
         self._health: dict = {}  # published under the lock, read without it: health never waits for the engine
         self._publish()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     @property
     def feed_count(self) -> int:
@@ -160,7 +162,6 @@ class Engine(LeaseHolder):
         """Stop the ranks at once. The jobs this node held go back to the queue (the attempt is not counted): this
         node's next start, or another node, runs them."""
         self._stopping.set()
-        self.stopping = True
         self.memory.stop()
         with self.lock:
             for feed in self.feeds:
@@ -313,7 +314,7 @@ class Engine(LeaseHolder):
             self._write_end(record.id, claim.token, {
                 "status": "failed", "finished_at": now(),
                 "error": f"node {self.fleet.node} serves {self.settings.model_name}, which cannot run this job "
-                         f"({error}): submit it again"})
+                         f"({error}): submit it again"}, record.attempts)
             return True
         if record.attempts > 1:
             stderr_console.print(f"vidpipe serve: job {record.id} taken over (attempt {record.attempts}; its last "
@@ -356,8 +357,7 @@ class Engine(LeaseHolder):
         runs is flagged in the store: that node stops it at its next heartbeat)."""
         with self.lock:
             state = self.jobs.get(job_id)
-            held = state is not None
-        if not held:
+        if state is None:  # NOTE: outside the lock: the store's round trip never holds up the ranks' events
             self.store.request_cancel(job_id, now())
             return
         with self.lock:
@@ -483,21 +483,20 @@ class Engine(LeaseHolder):
         if status == "done" and record.started_at:
             self.recent_run_s.append(record.finished_at - record.started_at)
         self._write_end(record.id, state.token, {
-            "status": status, "error": error, "finished_at": record.finished_at, **progress_of(record)})
-        if status == "done":  # earlier attempts' files (their nodes died) go: the job has one set
-            for folder in self.job_dir(record.id).glob("attempt-*"):
-                if folder.name != f"attempt-{record.attempts}":
-                    shutil.rmtree(folder, ignore_errors=True)
+            "status": status, "error": error, "finished_at": record.finished_at, **progress_of(record)},
+            record.attempts)
 
     # 4. What the API shows.
 
     def job_dir(self, job_id: str) -> Path:
         return self.settings.out / "jobs" / job_id
 
+    def attempt_dir(self, job_id: str, attempt: int) -> Path:
+        return self.job_dir(job_id) / f"attempt-{attempt}"
+
     def files_dir(self, record: JobRecord) -> Path:
-        """Where an attempt's files go: `attempt-<n>/` in the job's folder (a job that never ran: the folder)."""
-        folder = self.job_dir(record.id)
-        return folder / f"attempt-{record.attempts}" if record.attempts else folder
+        """Where the job's last attempt's files are (a job that never ran, or ran before attempts: its folder)."""
+        return self.attempt_dir(record.id, record.attempts) if record.attempts else self.job_dir(record.id)
 
     def held(self, job_id: str) -> JobRecord | None:
         """A job this node runs, from memory; None for any other."""

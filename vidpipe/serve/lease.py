@@ -38,19 +38,26 @@ class LeaseHolder:
     """The engine's side of its leases (`Engine` is one): the fenced end of a job, and what the heartbeat and the
     store's notifications call from their threads (each takes the engine's lock)."""
 
-    def _write_end(self, job_id: str, token: str, changes: dict) -> None:
-        """A job's end, fenced by its lease. While the store is away it waits in the heartbeat's `pending`; refused
-        (the lease was lost: another node took the job over), this attempt's files are discarded."""
+    def _write_end(self, job_id: str, token: str, changes: dict, attempt: int) -> None:
+        """A job's end, fenced by its lease; while the store is away it waits in the heartbeat's `pending`."""
         try:
-            held = self.store.update(job_id, token, changes)
+            self.record_end(job_id, token, changes, attempt)
         except StoreUnavailable as error:
-            self.heartbeat.pending[job_id] = (token, changes)
+            self.heartbeat.pending[job_id] = (token, changes, attempt)
             self.store_lost(str(error))
-            return
-        if not held:
+
+    def record_end(self, job_id: str, token: str, changes: dict, attempt: int) -> None:
+        """Write a job's end (StoreUnavailable if the store is away). Written and done, the job has this attempt's
+        files only: earlier attempts' folders go (their nodes died). Refused (the lease was lost: another node took
+        the job over), this attempt's files go."""
+        if not self.store.update(job_id, token, changes):
             stderr_console.print(f"vidpipe serve: job {job_id} was taken over by another node before this one "
-                                 "finished it; its files here are discarded", highlight=False, markup=False)
-            self.discard_attempt(job_id)
+                                 "recorded its end; its files here are discarded", highlight=False, markup=False)
+            self.discard_attempt(job_id, attempt)
+        elif changes.get("status") == "done":
+            for folder in self.job_dir(job_id).glob("attempt-*"):
+                if folder != self.attempt_dir(job_id, attempt):
+                    shutil.rmtree(folder, ignore_errors=True)
 
     def held_jobs(self) -> list[tuple[str, str, dict]]:
         """(id, lease token, progress) of every job this node holds."""
@@ -86,11 +93,8 @@ class LeaseHolder:
                              "next step boundary", highlight=False, markup=False)
         self.cancel(job_id)
 
-    def discard_attempt(self, job_id: str, attempt: int | None = None) -> None:
-        record = self.jobs[job_id].record if job_id in self.jobs else None
-        attempt = attempt if attempt is not None else (record.attempts if record else None)
-        if attempt:
-            shutil.rmtree(self.job_dir(job_id) / f"attempt-{attempt}", ignore_errors=True)
+    def discard_attempt(self, job_id: str, attempt: int) -> None:
+        shutil.rmtree(self.attempt_dir(job_id, attempt), ignore_errors=True)
 
     def store_lost(self, reason: str) -> None:
         with self.lock:
@@ -116,7 +120,7 @@ class Heartbeat:
         self.engine = engine
         self.fleet: FleetSettings = engine.fleet
         self.started_at = now()
-        self.pending: dict[str, tuple[str, dict]] = {}  # job id -> (token, its final write), not yet stored
+        self.pending: dict[str, tuple[str, dict, int]] = {}  # job id -> (token, its end, attempt), not yet stored
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vidpipe-heartbeat", daemon=True)
 
@@ -146,12 +150,8 @@ class Heartbeat:
         info = NodeInfo(self.fleet.node, self.fleet.url, engine.plan.name, engine.world_size,
                         engine.settings.model_name, engine.status if not engine.stopping else "stopped")
         nodes = store.node_beat(info, self.started_at)
-        for job_id, (token, changes) in list(self.pending.items()):
-            if not store.update(job_id, token, changes):
-                stderr_console.print(f"vidpipe serve: job {job_id} was taken over by another node before this one "
-                                     "could record its end; its files here are discarded", highlight=False,
-                                     markup=False)
-                engine.discard_attempt(job_id)
+        for job_id, (token, changes, attempt) in list(self.pending.items()):
+            engine.record_end(job_id, token, changes, attempt)
             self.pending.pop(job_id, None)
         for job_id, token, progress in engine.held_jobs():
             beat = store.heartbeat(job_id, token, self.fleet.lease_s, progress)

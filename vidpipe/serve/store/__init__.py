@@ -27,8 +27,8 @@ def open_store(spec: str | None, out: Path) -> JobStore:
     opened is one line (no password in it)."""
     from vidpipe.serve.store.sql import SchemaTooNew
 
-    if spec and spec.startswith(("postgres://", "postgresql://")) or spec and "=" in spec:
-        from vidpipe.serve.store.postgres import PostgresStore, describe
+    if spec and (spec.startswith(("postgres://", "postgresql://")) or "=" in spec):  # a URL or key=value DSN
+        from vidpipe.serve.store.postgres import PostgresStore, describe, redact
 
         try:
             return PostgresStore(spec)
@@ -37,7 +37,7 @@ def open_store(spec: str | None, out: Path) -> JobStore:
         except SchemaTooNew as error:
             raise UsageError(f"--store: {error}") from None
         except Exception as error:  # noqa: BLE001 - a bad DSN, a refused login: one line, the password hidden
-            raise UsageError(f"--store {describe(spec)}: {_redacted(str(error), spec)}") from None
+            raise UsageError(f"--store {describe(spec)}: {' '.join(redact(str(error), spec).split())}") from None
     if spec:
         raise UsageError(f"--store {spec!r}: give a postgresql://USER:PASSWORD@HOST:PORT/DATABASE DSN, or leave it "
                          "out for SQLite in --out (one node)")
@@ -48,12 +48,3 @@ def open_store(spec: str | None, out: Path) -> JobStore:
     except SchemaTooNew as error:
         raise UsageError(f"--out: {error}") from None
 
-
-def _redacted(text: str, dsn: str) -> str:
-    from psycopg import conninfo
-
-    try:
-        password = conninfo.conninfo_to_dict(dsn).get("password")
-    except Exception:  # noqa: BLE001
-        password = None
-    return text.replace(password, "***").strip().splitlines()[0] if password else text.strip().splitlines()[0]

@@ -33,7 +33,6 @@ class PostgresStore(SqlStore):
 
     def __init__(self, dsn: str):
         self._dsn = dsn
-        self._password = conninfo.conninfo_to_dict(dsn).get("password") or ""
         self.name = f"Postgres store {describe(dsn)}"
         self.shared = True  # many nodes
         self._lock = threading.RLock()
@@ -60,11 +59,8 @@ class PostgresStore(SqlStore):
             except (psycopg.OperationalError, psycopg.InterfaceError) as error:
                 if self._conn is not None:
                     self._conn.close()
-                reason = self.redact(" ".join(str(error).split()))  # one line
+                reason = redact(" ".join(str(error).split()), self._dsn)  # one line
                 raise StoreUnavailable(f"{self.name}: cannot connect ({reason})") from None
-
-    def redact(self, text: str) -> str:
-        return text.replace(self._password, "***") if self._password else text
 
     def _duplicate(self, error: Exception) -> bool:
         return isinstance(error, psycopg.errors.UniqueViolation)
@@ -99,6 +95,15 @@ class PostgresStore(SqlStore):
         with self._lock:
             if self._conn is not None:
                 self._conn.close()
+
+
+def redact(text: str, dsn: str) -> str:
+    """`text` with the DSN's password, if it has one, replaced by ***."""
+    try:
+        password = conninfo.conninfo_to_dict(dsn).get("password")
+    except psycopg.ProgrammingError:
+        password = None
+    return text.replace(password, "***") if password else text
 
 
 def describe(dsn: str) -> str:

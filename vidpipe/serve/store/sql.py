@@ -58,7 +58,7 @@ class SqlStore:
 
     # 1. The schema.
 
-    def _schema(self, run) -> list[str]:
+    def _schema(self) -> list[str]:
         return [
             f"""CREATE TABLE IF NOT EXISTS jobs (
                 id TEXT PRIMARY KEY, seq {self.SEQ}, status TEXT NOT NULL,
@@ -89,7 +89,7 @@ class SqlStore:
 
     def _migrate(self, run, columns_present) -> None:
         """Create or bring the schema up to SCHEMA_VERSION; refuse a newer one (written by a newer vidpipe)."""
-        for statement in self._schema(run):
+        for statement in self._schema():
             run(statement)
         row = run("SELECT value FROM vidpipe_meta WHERE key = 'schema_version'").fetchone()
         version = int(row[0]) if row else None
