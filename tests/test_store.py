@@ -75,6 +75,17 @@ def test_an_expired_lease_is_taken_over_and_the_old_holder_is_fenced_out(store):
     assert store.get(record.id).files == ["new.mp4"]
 
 
+def test_a_node_does_not_take_back_a_job_it_still_holds(store):
+    """A node whose lease ran out while it still runs the job (it is stopping it) skips that job, and takes the next;
+    once it has stopped, the job is its to claim again."""
+    first, second = store.insert(job()), store.insert(job())
+    store.claim("a", 0.2, 3, time.time())
+    time.sleep(0.3)
+    assert store.claim("a", 30, 3, time.time(), exclude=(first.id,)).record.id == second.id
+    again = store.claim("a", 30, 3, time.time(), exclude=(second.id,))
+    assert again.record.id == first.id and again.record.attempts == 2
+
+
 def test_a_job_whose_nodes_keep_dying_fails_after_max_attempts(store):
     record = store.insert(job())
     for _ in range(2):

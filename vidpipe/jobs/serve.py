@@ -72,6 +72,7 @@ class ServeSample:
     fps: int
     targets: dict  # format -> path
     input_target: str | None = None
+    attempt: int = 0  # the job's attempt (fleet): a cancel stops this attempt, not a later one of the same job
 
 
 class SampleCancelledError(Exception):
@@ -117,7 +118,7 @@ class ServeRank:
         self.group = group_mesh.get_group() if group_mesh is not None else None
         self.leader = layout.group_ranks(layout.group_index)[0]
         self.recorder = StepRecorder(self.ctx.device, events, self.ctx.rank, keep_steps=False)
-        self.cancelled: set[str] = set()
+        self.cancelled: set[tuple[str, int]] = set()  # (job, attempt)
         self.images: dict[str, object] = {}
         self.sends: deque = deque()
 
@@ -235,7 +236,7 @@ class ServeRank:
                 break
             if kind == "cancel":
                 self.cancelled.add(job)
-        stop = torch.tensor([int(item.job in self.cancelled)])
+        stop = torch.tensor([int((item.job, item.attempt) in self.cancelled)])
         if self.group is not None:
             dist.broadcast(stop, src=self.leader, group=self.group)
         if stop.item():

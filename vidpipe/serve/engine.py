@@ -299,7 +299,8 @@ class Engine(LeaseHolder):
             return False
         self._claim_wake.clear()
         try:
-            claim = self.store.claim(self.fleet.node, self.fleet.lease_s, self.fleet.max_attempts, now())
+            claim = self.store.claim(self.fleet.node, self.fleet.lease_s, self.fleet.max_attempts, now(),
+                                     exclude=tuple(self.jobs))
         except StoreUnavailable as error:
             self.store_lost(str(error))
             return False
@@ -339,7 +340,8 @@ class Engine(LeaseHolder):
             targets = {kind: str(path) for kind, path in media.output_paths(folder, stem, state.formats).items()}
             input_target = str(folder / f"{record.image_name}_input.png") if spec.index == 0 else None
             sample = ServeSample(next(self.uids), record.id, spec.index, spec.seed, record.image_path,
-                                 record.image_name, spec.params, spec.params.fps, targets, input_target)
+                                 record.image_name, spec.params, spec.params.fps, targets, input_target,
+                                 record.attempts)
             state.samples[sample.uid] = sample
             self.job_of_uid[sample.uid] = record.id
             return sample
@@ -371,7 +373,7 @@ class Engine(LeaseHolder):
                 return
             state.cancel_requested = True
             for control in self.controls:
-                control.put(("cancel", job_id))
+                control.put(("cancel", (job_id, state.record.attempts)))
             self._publish()
             self.changed.notify_all()
 

@@ -168,10 +168,12 @@ class SqlStore:
 
     # 3. The queue: claims, leases, fenced writes.
 
-    def claim(self, node: str, lease_s: float, max_attempts: int, started_at: float) -> Claim | None:
+    def claim(self, node: str, lease_s: float, max_attempts: int, started_at: float,
+              exclude: tuple[str, ...] = ()) -> Claim | None:
         """The oldest job that is queued, or whose node's lease ran out, now held by `node`; None when there is none.
         In the same transaction, a job whose node died after it was cancelled ends cancelled, and one already
-        started --max-attempts times fails with the reason."""
+        started --max-attempts times fails with the reason. `exclude`: jobs the node still holds (one whose lease it
+        lost and is still stopping is not its to take again until it has stopped)."""
         # NOTE: a running job without a lease was left by a vidpipe before leases (a server killed mid-job).
         expired = f"(status = 'running' AND (lease_expires IS NULL OR lease_expires < {self.NOW}))"
         token = uuid.uuid4().hex
@@ -182,8 +184,9 @@ class SqlStore:
                 "it finished, on each of its ' || attempts || ' attempts (--max-attempts ' || ? || '; the last node: ' "
                 f"|| COALESCE(node, 'unknown') || '): not run again' WHERE attempts >= ? AND (status = 'queued' OR "
                 f"{expired})", (started_at, str(max_attempts), max_attempts))
-            row = run(f"SELECT id FROM jobs WHERE status = 'queued' OR {expired} ORDER BY seq LIMIT 1"
-                      f"{self.CLAIM_LOCK}").fetchone()
+            held = f" AND id NOT IN ({', '.join('?' * len(exclude))})" if exclude else ""
+            row = run(f"SELECT id FROM jobs WHERE (status = 'queued' OR {expired}){held} ORDER BY seq LIMIT 1"
+                      f"{self.CLAIM_LOCK}", tuple(exclude)).fetchone()
             if row is None:
                 return None
             cursor = run(f"UPDATE jobs SET status = 'running', node = ?, attempts = attempts + 1, lease_token = ?, "
