@@ -194,3 +194,33 @@ def test_repo_without_weights(tmp_path, monkeypatch):
     fake_hub(monkeypatch, ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin"])
     with pytest.raises(UsageError, match="no safetensors weights for unet, vae, image_encoder"):
         resolve_model("someone/old-format", cache_dir=tmp_path)
+
+
+def test_a_parent_process_resolves_sizes_and_reports_a_model_without_importing_diffusers(tmp_path):
+    """What `serve` and `generate` do in their own process (resolve the model, its sizes and memory, the report's
+    versions) reads configs and the weights' headers only: diffusers and transformers, seconds of imports, are
+    left to the ranks (the worker server imports them meanwhile, on another core)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, vidpipe_env
+
+    for name in ("tiny", "wan-tiny"):
+        resolve_model(name, cache_dir=tmp_path)  # built here: building does import them
+    script = f"""
+import sys
+from pathlib import Path
+import vidpipe.cli, vidpipe.jobs.generate, vidpipe.serve.engine, vidpipe.serve.app
+from vidpipe.models.registry import family_module, resolve_model
+from vidpipe.report import versions
+for name in ("tiny", "wan-tiny"):
+    source = resolve_model(name, cache_dir=Path({str(tmp_path)!r}))
+    family = family_module(source.family)
+    family.model_size(source, 4), family.resolve_size(source, None, None, None), family.expert_switch(source, 4)
+versions()
+print(sorted(module for module in ("diffusers", "transformers") if module in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO,
+                            env=vidpipe_env())
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

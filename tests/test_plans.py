@@ -142,6 +142,25 @@ def test_auto_sizes_the_vae_in_fp32_whatever_the_run_dtype():
     assert in_fp32 - at_run_dtype == vae * (4 - SVD_XT_SIZE.dtype_bytes)
 
 
+def test_auto_counts_the_kept_context_per_guidance_call_and_held_expert():
+    """Wan keeps every block's context keys and values for a block of steps: one set per context a rank's calls use
+    (2 with guidance, 1 on a cfg2 rank) and per expert it holds."""
+    from dataclasses import replace
+
+    from vidpipe.parallel.auto import memory_bytes
+
+    kept = 400 * 1024**2
+    size = replace(SVD_XT_SIZE, experts=2)
+
+    def extra(plan: ParallelPlan, guidance: bool) -> float:
+        with_kept = memory_bytes(plan, replace(size, context_bytes=kept), 25, 576, 1024, guidance, 40, None)
+        return with_kept - memory_bytes(plan, size, 25, 576, 1024, guidance, 40, None)
+
+    assert extra(ParallelPlan("dp", 1, 1, 1), True) == 2 * 2 * kept
+    assert extra(ParallelPlan("dp", 1, 1, 1), False) == 1 * 2 * kept
+    assert extra(ParallelPlan("dp", 1, 2, 1), True) == 1 * 2 * kept  # cfg2: each rank makes one of the two calls
+
+
 def test_auto_fits_on_what_the_driver_will_charge_not_on_allocated_bytes():
     from vidpipe.parallel.auto import GIB, PROCESS_OVERHEAD_GB, RESERVED_PER_ALLOCATED, memory_bytes
 
@@ -260,7 +279,8 @@ def test_auto_counts_one_expert_per_pp_stage_of_wan22_a14b():
     def estimate(plan: str, at: int | None = switch) -> float:
         return driver_memory_gb(memory_bytes(parse_plan(plan).resolve(2), size, 81, 480, 832, False, 40, at))
 
-    expert_gb = size.unet_params / 2 * 2 * 1.1 / 1024**3
+    # A stage holds one expert and keeps the context of that one expert only (no guidance: one context).
+    expert_gb = (size.unet_params / 2 * 2 + size.context_bytes) * 1.1 / 1024**3
     assert estimate("pp2") == pytest.approx(estimate("dp2") - expert_gb)
     assert estimate("pp2", at=None) == pytest.approx(estimate("dp2"))  # no switch: a stage holds both
 

@@ -14,7 +14,8 @@ from vidpipe.errors import UsageError
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import resolve_model
 from vidpipe.models.source import ModelSource
-from vidpipe.models.svd.adapter import SVDModel, SVDParams, check_size, default_size
+from vidpipe.models.svd.adapter import SVDModel
+from vidpipe.models.svd.sizes import SVDParams, check_size, default_size
 
 STEPS = 4
 SEED = 1234

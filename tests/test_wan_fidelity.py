@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vidpipe.models.base import Sample
-from vidpipe.models.wan.adapter import WanModel, WanParams
+from vidpipe.models.wan.adapter import WanModel
+from vidpipe.models.wan.sizes import WanParams
 from vidpipe.models.wan.tiny import build_tiny
 
 PROMPT, NEGATIVE = "a red fox runs through the snow", "blurry, low quality"

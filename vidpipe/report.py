@@ -23,13 +23,14 @@ stderr_console = Console(stderr=True)
 
 
 def versions() -> dict:
-    import diffusers
+    from importlib.metadata import version
+
     import torch
 
     return {
         "vidpipe": __version__,
         "torch": torch.__version__,
-        "diffusers": diffusers.__version__,
+        "diffusers": version("diffusers"),  # NOTE: not `import diffusers`: seconds the parent process never needs
         "python": platform.python_version(),
         "cuda": torch.version.cuda,
     }

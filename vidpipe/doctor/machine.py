@@ -30,7 +30,7 @@ def check_auto_plan(gpus: list[GpuInfo], cache_dir: Path | None) -> Check:
 
     from vidpipe.config import GenerateConfig
     from vidpipe.models.registry import HUB_ALIASES, resolve_model
-    from vidpipe.models.svd.adapter import default_size, parameter_counts
+    from vidpipe.models.svd.sizes import default_size, parameter_counts
     from vidpipe.parallel.auto import ModelSize, choose_plan
     from vidpipe.runtime.devices import resolve_dtype
 

@@ -8,7 +8,8 @@ Every plan that fits the world size is scored with a small model and the fastest
 - memory per rank: the denoiser's parameters (1/group with fsdp; on a two-expert model, Wan 2.2 A14B, a pp stage
   whose blocks break at the expert switch holds one expert), the encoders, the VAE in fp32 (it encodes upcast and
   phase 2 decodes in fp32, whatever the run's dtype), and the activations of one denoiser call, proportional to
-  the batch rows and frames a rank holds (`activation_bytes`).
+  the batch rows and frames a rank holds (`activation_bytes`), and what each held denoiser keeps of the contexts
+  of the calls the rank makes (Wan's context cache: the cross-attention keys and values of every block).
 
 A plan fits when what the driver will charge each rank fits the GPUs' free memory as the driver reports it
 (nvidia-smi, the visible GPUs only): the estimate above is what the allocator hands out (allocated), the caching
@@ -53,6 +54,7 @@ class ModelSize:
     dtype_bytes: int
     vae_params: int = 0  # of `other_params`, the VAE's: sized in fp32, the rest at `dtype_bytes`
     experts: int = 1  # denoisers of one architecture that `unet_params` counts (a pp stage may hold one)
+    context_bytes: int = 0  # what one denoiser keeps per guidance context during a block of steps (Wan's cache)
 
 
 @dataclass(frozen=True)
@@ -97,13 +99,16 @@ def memory_bytes(plan: ParallelPlan, size: ModelSize, frames: int, height: int, 
                  steps: int = 0, switch: int | None = None) -> float:
     """Bytes the allocator hands out on the busiest rank of `plan` (allocated, not reserved)."""
     unet = size.unet_params * size.dtype_bytes / (plan.group_size if plan.fsdp else 1)
+    experts_held = size.experts
     if one_expert_per_stage(plan, size, steps, switch):
         unet /= size.experts
+        experts_held = 1
     encoder = (size.other_params - size.vae_params) * size.dtype_bytes
     vae = size.vae_params * VAE_DTYPE_BYTES
     batch = (2 if guidance else 1) // plan.cfg
     local_frames = frame_split(frames, plan.sp)[0]
-    return unet + encoder + vae + activation_bytes(size, batch, local_frames, height, width)
+    contexts = size.context_bytes * batch * experts_held
+    return unet + encoder + vae + contexts + activation_bytes(size, batch, local_frames, height, width)
 
 
 def driver_memory_gb(allocated_bytes: float) -> float:

@@ -4,7 +4,7 @@ how one rank of a plan loads it. Every family package has a `family.py` with the
 from __future__ import annotations
 
 from vidpipe.errors import UsageError
-from vidpipe.models.svd.adapter import default_size, resolve_size  # noqa: F401 - part of the family surface
+from vidpipe.models.svd.sizes import default_size, resolve_size  # noqa: F401 - part of the family surface
 
 NAME = "svd"
 PIPELINE_CLASS = "StableVideoDiffusionPipeline"
@@ -29,7 +29,7 @@ def uses_guidance(config) -> bool:
 
 def params(config, size: tuple[int, int, int]):
     """The sampling parameters of a generate run; sizes left to the model (None) where the user gave none."""
-    from vidpipe.models.svd.adapter import SVDParams
+    from vidpipe.models.svd.sizes import SVDParams
 
     return SVDParams(
         steps=config.steps, frames=config.frames, height=config.height, width=config.width, fps=config.fps,
@@ -91,7 +91,7 @@ def load_for(layout, source, dtype, params, encoders: bool, blocks: list[range] 
 
 def model_size(source, dtype_bytes: int):
     """What `auto`'s memory model needs of this model, from its configs (no weights)."""
-    from vidpipe.models.svd.adapter import parameter_counts
+    from vidpipe.models.svd.sizes import parameter_counts
     from vidpipe.parallel.auto import ModelSize
 
     counts = parameter_counts(source)
@@ -101,15 +101,15 @@ def model_size(source, dtype_bytes: int):
 
 def bench_params(steps: int, size: tuple[int, int, int]):
     """The sampling parameters `bench` runs with: the pipeline's defaults at this size."""
-    from vidpipe.models.svd.adapter import SVDParams
+    from vidpipe.models.svd.sizes import SVDParams
 
     return SVDParams(steps=steps, frames=size[0], height=size[1], width=size[2])
 
 
 def bytes_per_step(source, plan, size: tuple[int, int, int], dtype_bytes: int) -> list[int]:
     """What cfg and sp send per step from each rank of a group (`cost.py`), for a run at `size` with guidance."""
-    from vidpipe.models.svd.adapter import _config, size_multiple
     from vidpipe.models.svd.cost import svd_bytes_per_step
+    from vidpipe.models.svd.sizes import _config, size_multiple
 
     factor = size_multiple(source)[1]
     return svd_bytes_per_step(plan, _config(source, "unet"), 2, size[0], size[1] // factor, size[2] // factor,
@@ -118,7 +118,7 @@ def bytes_per_step(source, plan, size: tuple[int, int, int], dtype_bytes: int) -
 
 def pixel_multiple(source) -> int:
     """Heights and widths must divide by this (VAE factor x 2 per UNet down-sampling)."""
-    from vidpipe.models.svd.adapter import size_multiple
+    from vidpipe.models.svd.sizes import size_multiple
 
     return size_multiple(source)[0]
 
@@ -130,6 +130,6 @@ TRAINED_FRAMES_FACTOR = 4
 
 def max_frames(source) -> int:
     """The most frames a job may ask of this model unless --max-frames says otherwise."""
-    from vidpipe.models.svd.adapter import _config
+    from vidpipe.models.svd.sizes import _config
 
     return TRAINED_FRAMES_FACTOR * _config(source, "unet")["num_frames"]

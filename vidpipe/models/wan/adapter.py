@@ -8,13 +8,14 @@ initial latents and the first-frame condition, VAE decode, post-processing); onl
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import PIL.Image
 import torch
 
 from vidpipe.models.base import Sample, SampleState, StepCallback, TensorSpec
+from vidpipe.models.wan import context_cache
 from vidpipe.models.wan.sampling import (
     TEXT_TOKENS,
     Experts,
@@ -24,34 +25,12 @@ from vidpipe.models.wan.sampling import (
     expert_switch_step,
     state_spec,
 )
-from vidpipe.models.wan.sizes import denoiser_config, image_token_count, resolve_size
+from vidpipe.models.wan.sizes import WanParams, denoiser_config, image_token_count, resolve_size
 
 #: Prompt pairs whose embeddings a model keeps (a server's jobs often repeat them; 16 MB each for the 14B models).
 PROMPTS_KEPT = 16
 #: The transformers of a Wan pipeline: Wan 2.2 A14B's high-noise and low-noise experts (Wan 2.1: the first only).
 EXPERTS = ("transformer", "transformer_2")
-
-
-@dataclass(frozen=True)
-class WanParams:
-    """Everything the sampler needs (validated by the caller). None sizes mean the model's defaults."""
-
-    steps: int
-    frames: int | None = None
-    height: int | None = None
-    width: int | None = None
-    prompt: str = ""
-    negative_prompt: str = ""
-    guidance_scale: float = 5.0
-    guidance_scale_2: float | None = None  # the low-noise expert's (two-expert models); None: guidance_scale
-    fps: int = 16  # the video file's frame rate (Wan was trained at 16 fps; it does not condition the model)
-    decode_chunk_size: int = 1  # unused: the causal VAE decodes a video whole (see `decode_units`)
-    text_encoder_device: str = "gpu"  # "cpu": UMT5 runs on the CPU (11 GB for the 14B models)
-    vae_device: str = "gpu"
-
-    @property
-    def guidance(self) -> tuple[float, float]:
-        return self.guidance_scale, self.guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2
 
 
 def _rgb(image: PIL.Image.Image) -> PIL.Image.Image:
@@ -91,7 +70,8 @@ class WanModel:
 
     @classmethod
     def load(cls, source, device: torch.device, dtype: torch.dtype | None, params: WanParams,
-             encoders: bool = True, experts: tuple[str, ...] = EXPERTS, stage_on_cpu: bool = False) -> WanModel:
+             encoders: bool = True, experts: tuple[str, ...] = EXPERTS, stage_on_cpu: bool = False,
+             stock: bool = False) -> WanModel:
         """Load (kind "dir") or build (kind "random") on `device`; dtype None: bf16 on CUDA, fp32 on CPU.
 
         `encoders=False` skips UMT5 and CLIP, for ranks that never call `encode`; `experts` names the transformers
@@ -114,6 +94,8 @@ class WanModel:
             if name in EXPERTS:
                 if not stage_on_cpu:
                     module.to(device)
+                if not stock:
+                    context_cache.install(module)
             else:
                 module.to(text_device if name == "text_encoder" else device)
         from diffusers import WanImageToVideoPipeline
@@ -258,9 +240,10 @@ class WanModel:
             raise ValueError(f"denoise: {steps} is not a contiguous block of range(0, {num_steps})")
         on_device = {k: v.to(self.device) for k, v in state.items() if k not in ("sampling", "solver_scalars")}
         on_device["solver_scalars"] = state["solver_scalars"]
-        latents, solver = denoise_block(self.experts(), self.pipeline.scheduler, num_steps, on_device, steps,
-                                        (guidance, guidance_2), self.dtype, self.guide, on_step,
-                                        self.expand_timesteps)
+        with context_cache.kept_for(self.denoisers()):  # a block's context is the same at every step
+            latents, solver = denoise_block(self.experts(), self.pipeline.scheduler, num_steps, on_device, steps,
+                                            (guidance, guidance_2), self.dtype, self.guide, on_step,
+                                            self.expand_timesteps)
         solver.into(state)
         return latents
 
@@ -326,4 +309,4 @@ class WanModel:
 
 def load_stock(source, device: torch.device, dtype: torch.dtype, params: WanParams) -> WanModel:
     """Everything on one device, for the stock pipeline's `__call__` (bench's baseline row)."""
-    return WanModel.load(source, device, dtype, params)
+    return WanModel.load(source, device, dtype, params, stock=True)

@@ -16,6 +16,8 @@ DEFAULT_STEPS = 50
 FOREIGN_OPTIONS = {"fps": "--fps", "motion_bucket_id": "--motion-bucket-id",
                    "noise_aug_strength": "--noise-aug-strength", "min_guidance": "--min-guidance",
                    "max_guidance": "--max-guidance", "decode_chunk_size": "--decode-chunk-size"}
+#: The components with weights (Wan 2.2 A14B has both experts; Wan 2.1 has CLIP).
+COMPONENTS = ("transformer", "transformer_2", "vae", "text_encoder", "image_encoder")
 #: Modules a rank of a Wan run needs, for the worker server to preload.
 PRELOAD = ("vidpipe.models.wan.adapter", "vidpipe.models.wan.parallelize")
 
@@ -40,7 +42,7 @@ def uses_guidance(config) -> bool:
 
 def params(config, size: tuple[int, int, int]):
     """The sampling parameters of a generate run (`complete`d), sizes resolved."""
-    from vidpipe.models.wan.adapter import WanParams
+    from vidpipe.models.wan.sizes import WanParams
 
     frames, height, width = size
     return WanParams(steps=config.steps, frames=frames, height=height, width=width, prompt=config.prompt,
@@ -84,13 +86,13 @@ def expert_switch(source, steps: int) -> int | None:
     the step pipeline breaks its blocks there when it can."""
     import json
 
+    ratio = json.loads((source.path / "model_index.json").read_text()).get("boundary_ratio")
+    if ratio is None:  # NOTE: before the imports: a one-expert model's parent process never imports diffusers
+        return None
     from diffusers import UniPCMultistepScheduler
 
     from vidpipe.models.wan.sampling import expert_switch_step
 
-    ratio = json.loads((source.path / "model_index.json").read_text()).get("boundary_ratio")
-    if ratio is None:
-        return None
     return expert_switch_step(UniPCMultistepScheduler.from_pretrained(source.path, subfolder="scheduler"), ratio,
                               steps)
 
@@ -126,23 +128,28 @@ def model_size(source, dtype_bytes: int):
     is about 10 tensors of its width per token, a token being 4 frames x 2 x 2 latent pixels: dim / 32 gives the
     same bytes. An approximation, stated as one.
     """
-    from vidpipe.models.wan.sizes import denoiser_config
+    from vidpipe.models.wan.sizes import denoiser_config, image_token_count, kept_context_bytes
     from vidpipe.models.wan.tiny import parameter_counts
+    from vidpipe.models.weights import stored_counts
     from vidpipe.parallel.auto import ModelSize
 
-    counts = parameter_counts(source.path)
+    # NOTE: read from the weights' headers when the model has files: the parent process never imports diffusers.
+    counts = stored_counts(source.path, COMPONENTS) if source.kind == "dir" else None
+    if not counts:
+        counts = parameter_counts(source.path)
     experts = counts.get("transformer", 0) + counts.get("transformer_2", 0)
     encoders = counts.get("text_encoder", 0) + counts.get("image_encoder", 0)
     config = denoiser_config(source.path)
     width = config["num_attention_heads"] * config["attention_head_dim"]
     return ModelSize(experts, counts["vae"] + encoders, max(1, width // 32), dtype_bytes, vae_params=counts["vae"],
-                     experts=1 + ("transformer_2" in counts and counts["transformer_2"] > 0))
+                     experts=1 + ("transformer_2" in counts and counts["transformer_2"] > 0),
+                     context_bytes=kept_context_bytes(config, image_token_count(source.path), dtype_bytes))
 
 
 def bench_params(steps: int, size: tuple[int, int, int]):
     """The sampling parameters `bench` runs with: the pipeline's defaults (guidance 5.0) at this size, an empty
     negative prompt and a fixed prompt (any text costs the same: UMT5 pads it to 512 tokens)."""
-    from vidpipe.models.wan.adapter import WanParams
+    from vidpipe.models.wan.sizes import WanParams
 
     return WanParams(steps=steps, frames=size[0], height=size[1], width=size[2], prompt="a video")
 

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vidpipe.models.base import SampleState, StepCallback, TensorSpec
-
-#: What the pipeline pads every prompt to (`max_sequence_length`); the transformer's attention takes the image
-#: tokens as everything before the last 512 context tokens, so it must be exactly this.
-TEXT_TOKENS = 512
+from vidpipe.models.wan.sizes import TEXT_TOKENS
 
 
 def state_spec(latent: tuple[int, ...], condition: tuple[int, ...], text_dim: int, image_dim: int | None,

@@ -1,4 +1,5 @@
-"""Wan's sizes: what a model generates by default and which frame counts and pixel sizes it can take.
+"""Wan's sampling parameters and sizes, from the configs alone (what a parent process needs to check a job, without
+importing diffusers): what a model generates by default and which frame counts and pixel sizes it can take.
 
 The causal VAE compresses time 4x after the first frame and space 8x; the transformer patchifies 2x2 in space. So
 frames are 4k + 1 and heights and widths multiples of 16 (Wan 2.2 TI2V-5B: 16x VAE, so 32). Read from the
@@ -8,9 +9,36 @@ configs, never assumed.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from vidpipe.errors import UsageError
+
+#: What the pipeline pads every prompt to (`max_sequence_length`); the transformer's attention takes the image
+#: tokens as everything before the last 512 context tokens, so it must be exactly this.
+TEXT_TOKENS = 512
+
+@dataclass(frozen=True)
+class WanParams:
+    """Everything the sampler needs (validated by the caller). None sizes mean the model's defaults."""
+
+    steps: int
+    frames: int | None = None
+    height: int | None = None
+    width: int | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None  # the low-noise expert's (two-expert models); None: guidance_scale
+    fps: int = 16  # the video file's frame rate (Wan was trained at 16 fps; it does not condition the model)
+    decode_chunk_size: int = 1  # unused: the causal VAE decodes a video whole (see `decode_units`)
+    text_encoder_device: str = "gpu"  # "cpu": UMT5 runs on the CPU (11 GB for the 14B models)
+    vae_device: str = "gpu"
+
+    @property
+    def guidance(self) -> tuple[float, float]:
+        return self.guidance_scale, self.guidance_scale if self.guidance_scale_2 is None else self.guidance_scale_2
+
 
 #: The pipeline's own defaults (`WanImageToVideoPipeline.__call__`): 81 frames of 480 x 832.
 PIPELINE_SIZE = (81, 480, 832)
@@ -90,3 +118,10 @@ def image_token_count(path: Path) -> int | None:
     vision = json.loads(config.read_text())
     vision = vision.get("vision_config", vision)
     return (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+
+
+def kept_context_bytes(config: dict, image_tokens: int | None, dtype_bytes: int) -> int:
+    """What one transformer keeps per context during a block of steps (`context_cache.py`): every block's keys and
+    values of the context tokens (512 text, and `image_tokens` of CLIP on Wan 2.1) and the embedders' outputs."""
+    width = config["num_attention_heads"] * config["attention_head_dim"]
+    return (2 * config["num_layers"] + 1) * (TEXT_TOKENS + (image_tokens or 0)) * width * dtype_bytes

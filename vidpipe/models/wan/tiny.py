@@ -12,7 +12,8 @@ Flavors (one folder each under `configs/`, sources in its README):
   `wan2.1-i2v-14b-720p-random`, `wan2.2-i2v-a14b-random`, `wan2.2-ti2v-5b-random`.
 
 No file here touches the network: the tokenizer is built locally (a word-level stand-in for UMT5's), the configs
-ship in the package.
+ship in the package. diffusers, transformers and tokenizers are imported where a model is built: resolving a flavor
+already built (`build_tiny`) must not import them (a server's parent process never does).
 """
 
 from __future__ import annotations
@@ -22,16 +23,6 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanImageToVideoPipeline, WanTransformer3DModel
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import (
-    AutoTokenizer,
-    CLIPImageProcessor,
-    CLIPVisionConfig,
-    CLIPVisionModel,
-    UMT5Config,
-    UMT5EncoderModel,
-)
 
 from vidpipe.errors import UsageError
 from vidpipe.models.source import build_once
@@ -100,6 +91,8 @@ def build_tokenizer(directory: Path) -> Path:
     are written by this code, not by `save_pretrained`, so they are byte-identical on every call and every
     transformers version; `AutoTokenizer.from_pretrained(directory)` loads them as a fast tokenizer.
     """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer(models.WordLevel(vocab=_vocabulary(), unk_token=UNK))
@@ -141,18 +134,26 @@ def _declared(index: dict, component: str) -> bool:
 
 
 def _wan_transformer(path: Path) -> torch.nn.Module:
+    from diffusers import WanTransformer3DModel
+
     return WanTransformer3DModel.from_config(WanTransformer3DModel.load_config(path))
 
 
 def _wan_vae(path: Path) -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
     return AutoencoderKLWan.from_config(AutoencoderKLWan.load_config(path))
 
 
 def _umt5_encoder(path: Path) -> torch.nn.Module:
+    from transformers import UMT5Config, UMT5EncoderModel
+
     return UMT5EncoderModel(UMT5Config.from_pretrained(path))
 
 
 def _clip_vision(path: Path) -> torch.nn.Module:
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
     return CLIPVisionModel(CLIPVisionConfig.from_pretrained(path))
 
 
@@ -214,6 +215,9 @@ def random_components(
     folder if it has one (the buildable flavors), else None; `boundary_ratio` and `expand_timesteps` come from
     model_index.json.
     """
+    from diffusers import UniPCMultistepScheduler
+    from transformers import AutoTokenizer, CLIPImageProcessor
+
     config_dir, device = Path(config_dir), torch.device(device)
     index = read_model_index(config_dir)
     components: dict[str, object] = {
@@ -257,6 +261,8 @@ def build_random_pipeline_dir(flavor: str, target_dir: Path) -> Path:
             f"'{flavor}' is a full-size architecture: it is built on the meta device or in each worker, not "
             f"saved; buildable flavors: {', '.join(BUILDABLE_FLAVORS)}"
         )
+    from diffusers import WanImageToVideoPipeline
+
     pipeline = WanImageToVideoPipeline(**random_components(config_dir))
     pipeline.save_pretrained(target_dir, safe_serialization=True)
     return Path(target_dir)
