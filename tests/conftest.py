@@ -98,10 +98,10 @@ def postgres_dsn(postgres_cluster) -> str:
     return postgres_cluster.fresh_database()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cache(tmp_path_factory):
-    """A model cache with the tiny SVD model built in it (random weights, real diffusers architectures), once per
-    test module."""
+    """A model cache with the tiny SVD model built in it (random weights, real diffusers architectures), once for the
+    session (seconds each time; no test writes into it)."""
     from vidpipe.models.registry import resolve_model
 
     cache_dir = tmp_path_factory.mktemp("cache")

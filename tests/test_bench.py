@@ -69,14 +69,14 @@ def test_dummy_bench_writes_json_csv_table_and_plots(here, tmp_path):
             assert image.width >= 300, name
 
 
-def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(here, tmp_path):
+def test_svd_bench_verifies_every_strategy_against_the_stock_pipeline(here, tmp_path, cache):
     """The real-model path: the diffusers baseline runs first, and each plan's latents must match its; the
     latency axes report their latency speed-up and the bytes they sent, measured and worked out. (One plan of
     whole steps: bench treats pp and fsdp alike, and tests/test_generate.py holds every plan to diffusers.)"""
     out = tmp_path / "tiny.json"
-    result = here("bench", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--compare",
-                 "diffusers,pp,cfg2,sp2", "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples",
-                 "0", "--frames", "3", "--device", "cpu", "--json", str(out))
+    result = here("bench", "--model", "tiny", "--cache-dir", str(cache), "--compare", "diffusers,pp,cfg2,sp2",
+                  "--gpus", "2", "--steps", "2", "--samples", "2", "--warmup-samples", "0", "--frames", "3",
+                  "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
     runs = read_json(out)["runs"]
     assert [(r["strategy"], r["world_size"]) for r in runs] == [("diffusers", 1), ("pp", 2), ("cfg2", 2), ("sp2", 2)]

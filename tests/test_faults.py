@@ -233,14 +233,14 @@ def test_interrupting_the_parent_stops_every_rank():
         assert f"interrupted by {signum.name}" in err
 
 
-def test_interrupted_generate_keeps_finished_files_and_no_partial_one(tmp_path, capsys):
+def test_interrupted_generate_keeps_finished_files_and_no_partial_one(tmp_path, capsys, cache):
     import numpy as np
     import PIL.Image
 
     image = tmp_path / "still.png"
     PIL.Image.fromarray(np.full((64, 64, 3), 120, np.uint8)).save(image)
     out = tmp_path / "out"
-    process, marker = start("generate", str(image), "--model", "tiny", "--cache-dir", str(tmp_path / "cache"),
+    process, marker = start("generate", str(image), "--model", "tiny", "--cache-dir", str(cache),
                             "--steps", "2", "--samples", "12", "--device", "cpu", "--format", "gif,png",
                             "--out", str(out), "--gpus", "2", "--strategy", "dp")
     manifest = out / "manifest.jsonl"
@@ -257,7 +257,7 @@ def test_interrupted_generate_keeps_finished_files_and_no_partial_one(tmp_path, 
         assert PIL.Image.open(gif).n_frames >= 1  # every file there is whole
 
     # --resume finishes the job without redoing what is there (in this process: the point is the files)
-    rerun = run_here(capsys, "generate", str(image), "--model", "tiny", "--cache-dir", str(tmp_path / "cache"),
+    rerun = run_here(capsys, "generate", str(image), "--model", "tiny", "--cache-dir", str(cache),
                      "--steps", "2", "--samples", "12", "--device", "cpu", "--format", "gif,png", "--out", str(out),
                      "--gpus", "2", "--strategy", "dp", "--resume", "--json", str(tmp_path / "r.json"))
     assert rerun.returncode == 0, rerun.stderr[-2000:]

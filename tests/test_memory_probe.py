@@ -12,9 +12,9 @@ from vidpipe.metrics import RankRecord
 GIB = 1024**3
 
 
-def test_fsdp_halves_the_unet_bytes_per_rank_and_pp_keeps_them(here, tmp_path):
+def test_fsdp_halves_the_unet_bytes_per_rank_and_pp_keeps_them(here, tmp_path, cache):
     """fsdp and sp2.fsdp over 1 and 2 ranks, then pp on 2 (pp on 1 rank would be fsdp's 1-rank run again)."""
-    out, pp_out, cache = tmp_path / "probe.json", tmp_path / "pp.json", str(tmp_path / "cache")
+    out, pp_out, cache = tmp_path / "probe.json", tmp_path / "pp.json", str(cache)
     result = here("memory-probe", "--model", "tiny", "--cache-dir", cache, "--strategy", "fsdp,sp2.fsdp", "--gpus",
                   "1,2", "--device", "cpu", "--json", str(out))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -122,8 +122,8 @@ def test_bad_probe_input_is_one_line_and_exit_2(capsys, args, expected):
     assert err.count("\n") == 1 and expected in err
 
 
-def test_search_on_cpu_needs_a_budget(here, tmp_path):
-    result = here("memory-probe", "--model", "tiny", "--cache-dir", str(tmp_path / "cache"), "--device", "cpu",
+def test_search_on_cpu_needs_a_budget(here, cache):
+    result = here("memory-probe", "--model", "tiny", "--cache-dir", str(cache), "--device", "cpu",
                  "--search", "frames")
     assert result.returncode == 2
     assert "--search frames on CPU needs --budget-gb" in result.stderr

@@ -1,5 +1,5 @@
-"""Two torchrun launchers on this machine as two "nodes" (2 ranks each, c10d rendezvous): simulate and generate
-run over all 4 ranks and give the 1-rank latents; the report and every file land on rank 0's node."""
+"""Two torchrun launchers on this machine as two "nodes" (one rank each, c10d rendezvous): generate runs over both
+and gives the 1-rank latents; the report and every file land on rank 0's node."""
 
 from __future__ import annotations
 
@@ -25,8 +25,10 @@ def free_port() -> int:
 
 
 def two_nodes(*args: str, timeout: float = 240) -> list[subprocess.CompletedProcess]:
-    """`torchrun --nnodes 2 --nproc-per-node 2 ... -m vidpipe ARGS`, twice at once, as two machines would."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "2",
+    """`torchrun --nnodes 2 --nproc-per-node 1 ... -m vidpipe ARGS`, twice at once, as two machines would.
+    NOTE: one rank per node: the second node's rank is 1 and its local rank 0, which is what a multi-node mistake
+    confuses; each rank is a fresh interpreter importing torch and diffusers, seconds of this suite's budget."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id",
                uuid.uuid4().hex, "-m", "vidpipe", *args]
     env = {**vidpipe_env(), "VIDPIPE_THREADS_PER_RANK": "1"}
@@ -69,9 +71,9 @@ def test_generate_over_two_nodes_equals_one_rank(tmp_path, one_rank, strategy):
     for node in nodes:
         assert node.returncode == 0, node.stderr[-3000:]
     report = read_json(tmp_path / "r.json")
-    assert report["world_size"] == 4
-    # Only rank 0's machine (ranks 0 and 1) decodes: every file is written beside the report.
-    assert {s["decoded_on_rank"] for s in report["samples"]} <= {0, 1}
+    assert report["world_size"] == 2
+    # Only rank 0's machine decodes: every file is written beside the report.
+    assert {s["decoded_on_rank"] for s in report["samples"]} == {0}
     manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert sorted(entry["sample"] for entry in manifest) == [0, 1]
     for i in range(2):

@@ -235,7 +235,8 @@ def test_split_unet_equals_the_whole_unet(plan_text, ranks, frames):
 
 def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     """Regional torch.compile of the tiny UNet: every repeated block but the ones holding sp's collectives, and
-    the same output as eager (traced with aot_eager: dynamo and AOT autograd, without inductor's C++ build)."""
+    the same output as eager (dynamo's capture run by its "eager" backend: the graphs and guards `--compile` makes,
+    without inductor's C++ build or AOT autograd, which took this test from 12 to 21 s)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
     from vidpipe.models.svd.parallelize import apply_sp
@@ -250,7 +251,7 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
     with torch.no_grad():
         eager = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
-        assert apply_compile(unet, backend="aot_eager") == 36
+        assert apply_compile(unet, backend="eager") == 36
         compiled = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
     assert (compiled - eager).abs().max().item() <= 1e-5
 
@@ -259,7 +260,7 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
         fresh = UNetSpatioTemporalConditionModel.from_config(config).eval()
     split = apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
     temporal_res_blocks = sum(type(m).__name__ == "TemporalResnetBlock" for m in fresh.modules())
-    assert apply_compile(split, backend="aot_eager") == 36 - temporal_res_blocks
+    assert apply_compile(split, backend="eager") == 36 - temporal_res_blocks
 
 
 def test_auto_counts_one_expert_per_pp_stage_of_wan22_a14b():

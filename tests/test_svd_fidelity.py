@@ -22,8 +22,8 @@ SEED = 1234
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return resolve_model("tiny", cache_dir=tmp_path_factory.mktemp("cache"))
+def tiny(cache):
+    return resolve_model("tiny", cache_dir=cache)
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ def to_channels_last(module: torch.nn.Module) -> int:
 
 def apply_compile(denoiser: torch.nn.Module, channels_last: bool = False, backend: str = "inductor") -> int:
     """Compile every repeated block of `denoiser` in place; returns how many were compiled (0: nothing to compile,
-    e.g. the simulator's stand-in). `backend` is torch.compile's (the tests trace with "aot_eager", which skips
+    e.g. the simulator's stand-in). `backend` is torch.compile's (the tests trace with "eager", which skips
     inductor's C++ code generation: minutes on a small CPU)."""
     import torch._dynamo
 
