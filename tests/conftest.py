@@ -70,6 +70,19 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+#: The test files that take the longest (seconds of a serial run, `--durations`), run first: `make test` runs two
+#: workers that take one file at a time, so the long files start early and the short ones fill in at the end,
+#: instead of one long file running alone last.
+LONGEST_FIRST = ("test_fleet.py", "test_serve.py", "test_faults.py", "test_generate.py", "test_serve_limits.py",
+                 "test_wan_fidelity.py", "test_serve_fuzz.py", "test_multinode.py", "test_page.py", "test_doctor.py",
+                 "test_simulate.py", "test_plans.py", "test_serve_wan.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    order = {name: index for index, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: order.get(item.path.name, len(order)))  # stable: a file keeps its tests' order
+
+
 def pytest_sessionstart(session):
     """Start the worker server that in-process runs fork their ranks from (`run_here`) before the tests are
     collected: its preload (torch and diffusers, seconds of CPU) then runs on the other core while collection
