@@ -35,9 +35,9 @@ $(VENV)/.installed: pyproject.toml
 # NOTE: two pytest workers, one test file each at a time (module fixtures such as a warm server stay with their
 # file): the suite is mostly CPU-bound, but a serial run leaves a core idle about 28 % of the time (servers starting,
 # leases running out, processes stopping), and two workers took it from 560 s to 445 s here. The longest files run
-# first (tests/conftest.py LONGEST_FIRST). `make test PYTEST_ARGS="-n 0"` runs it in one process.
+# first (tests/conftest.py LONGEST_FIRST; xdist would otherwise order files by their number of tests). `make test PYTEST_ARGS="-n 0"` runs it in one process.
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install
 	$(VENV)/bin/vidpipe simulate --gpus 4 --strategy pp --steps 28 --samples 12 --step-ms 20 --device cpu \

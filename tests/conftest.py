@@ -74,8 +74,9 @@ def read_json(path: Path) -> dict:
 #: workers that take one file at a time, so the long files start early and the short ones fill in at the end,
 #: instead of one long file running alone last.
 LONGEST_FIRST = ("test_fleet.py", "test_serve.py", "test_faults.py", "test_generate.py", "test_serve_limits.py",
-                 "test_wan_fidelity.py", "test_serve_fuzz.py", "test_multinode.py", "test_page.py", "test_doctor.py",
-                 "test_simulate.py", "test_plans.py", "test_serve_wan.py")
+                 "test_wan_fidelity.py", "test_serve_fuzz.py", "test_multinode.py", "test_plans.py", "test_page.py",
+                 "test_doctor.py", "test_simulate.py", "test_serve_wan.py", "test_gpu_readiness.py",
+                 "test_memory_probe.py", "test_bench.py", "test_gpu_check.py")
 
 
 def pytest_collection_modifyitems(session, config, items):
