@@ -2,8 +2,8 @@
 model, so a parent process (`serve`, `generate` before its ranks start) never imports diffusers for them.
 
 A safetensors file starts with an 8-byte little-endian header length and a JSON header naming every tensor's shape;
-a sharded component has `*.safetensors.index.json` beside its shards. Reading the headers costs a few kB per file,
-whatever the model's size.
+a sharded component's files are named `...-0000K-of-0000N.safetensors` (their index file is not needed: every shard
+is read). Reading the headers costs a few kB per file, whatever the model's size.
 """
 
 from __future__ import annotations
