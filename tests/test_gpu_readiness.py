@@ -107,11 +107,13 @@ def test_compile_stores_conv2d_channels_last_and_leaves_conv3d_alone():
     """SVD's temporal Conv3d weights are 5-D; converting the whole UNet to channels_last fails on them on CUDA."""
     from diffusers import UNetSpatioTemporalConditionModel
 
+    from vidpipe.models.svd.adapter import SVDModel
     from vidpipe.parallel.compile import apply_compile
 
     unet = UNetSpatioTemporalConditionModel.from_config(
         UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet"))
-    compiled = apply_compile(unet, channels_last=True, backend="aot_eager")  # compiles lazily: nothing runs here
+    # Compiles lazily: nothing runs here.
+    compiled = apply_compile(unet, SVDModel.repeated_blocks, channels_last=True, backend="aot_eager")
     assert compiled > 0
     conv2d = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Conv2d)]
     conv3d = [m.weight for m in unet.modules() if isinstance(m, torch.nn.Conv3d)]

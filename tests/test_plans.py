@@ -239,10 +239,12 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     without inductor's C++ build or AOT autograd, which took this test from 12 to 21 s)."""
     from diffusers import UNetSpatioTemporalConditionModel
 
+    from vidpipe.models.svd.adapter import SVDModel
     from vidpipe.models.svd.parallelize import apply_sp
     from vidpipe.parallel.comm import CommStats, Group
     from vidpipe.parallel.compile import apply_compile
 
+    blocks = SVDModel.repeated_blocks
     config = UNetSpatioTemporalConditionModel.load_config(CONFIGS_DIR / "tiny" / "unet")
     with torch.random.fork_rng():
         torch.manual_seed(0)
@@ -251,7 +253,7 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
     time_ids = torch.tensor([[6.0, 127.0, 0.02]] * 2)
     with torch.no_grad():
         eager = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
-        assert apply_compile(unet, backend="eager") == 36
+        assert apply_compile(unet, blocks, backend="eager") == 36
         compiled = unet(sample, torch.tensor(10.0), embeddings, time_ids, return_dict=False)[0]
     assert (compiled - eager).abs().max().item() <= 1e-5
 
@@ -260,7 +262,37 @@ def test_compile_compiles_the_repeated_blocks_and_changes_nothing():
         fresh = UNetSpatioTemporalConditionModel.from_config(config).eval()
     split = apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
     temporal_res_blocks = sum(type(m).__name__ == "TemporalResnetBlock" for m in fresh.modules())
-    assert apply_compile(split, backend="eager") == 36 - temporal_res_blocks
+    assert apply_compile(split, blocks, backend="eager") == 36 - temporal_res_blocks
+
+
+def test_compile_compiles_wans_transformer_blocks_and_leaves_the_ones_sp_patched():
+    """Wan's transformer declares its repeated blocks (`_repeated_blocks`): `--compile` compiles each one, with the
+    same output as eager; under sp every block's self-attention holds Ulysses' all-to-alls, so none is compiled."""
+    from diffusers import WanTransformer3DModel
+
+    from vidpipe.models.wan import parallelize
+    from vidpipe.models.wan.adapter import WanModel
+    from vidpipe.models.wan.tiny import CONFIGS_DIR as WAN_CONFIGS
+    from vidpipe.parallel.comm import CommStats, Group
+    from vidpipe.parallel.compile import apply_compile
+
+    assert WanModel.repeated_blocks == tuple(WanTransformer3DModel._repeated_blocks)  # noqa: SLF001
+    config = WanTransformer3DModel.load_config(WAN_CONFIGS / "wan-tiny" / "transformer")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        transformer = WanTransformer3DModel.from_config(config).eval()
+        call = {"hidden_states": torch.randn(1, config["in_channels"], 3, 4, 6), "timestep": torch.tensor([500]),
+                "encoder_hidden_states": torch.randn(1, 512, config["text_dim"]),
+                "encoder_hidden_states_image": torch.randn(1, 257, config["image_dim"]), "return_dict": False}
+    with torch.no_grad():
+        eager = transformer(**call)[0]
+        assert apply_compile(transformer, WanModel.repeated_blocks, backend="eager") == config["num_layers"]
+        compiled = transformer(**call)[0]
+    assert (compiled - eager).abs().max().item() <= 1e-5
+
+    fresh = WanTransformer3DModel.from_config(config).eval()
+    parallelize.apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
+    assert apply_compile(fresh, WanModel.repeated_blocks, backend="eager") == 0
 
 
 def test_auto_counts_one_expert_per_pp_stage_of_wan22_a14b():

@@ -41,7 +41,7 @@ class RunOptions:
     stall_timeout_s: float = 300.0
     verbose: bool = False
     load_timeout_s: float = 600.0
-    compile: bool = False  # torch.compile the UNet's repeated blocks (SVD models)
+    compile: bool = False  # torch.compile the denoiser's repeated blocks
     dist_timeout_s: float = 1800.0  # the process group's timeout (--dist-timeout)
 
     def __post_init__(self):

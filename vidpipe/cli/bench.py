@@ -27,11 +27,13 @@ from vidpipe.runtime.forkserver import start_worker_server
 def bench(
     model: Annotated[str, typer.Option(
         help="dummy (stand-in UNet, any machine), tiny (tiny random SVD), small (62M-parameter random SVD UNet: "
-             "honest CPU timings), svd-xt-random (full-size architecture, random weights, no download), svd-xt, a "
-             "hub id or a local diffusers folder.")] = "dummy",
+             "honest CPU timings), svd-xt-random (full-size architecture, random weights, no download), svd-xt; "
+             "wan-tiny, wan-small (random Wan 2.1 transformer sized for honest CPU timings), wan2.1-i2v-480p, ... "
+             "(see generate --help); a hub id or a local diffusers folder.")] = "dummy",
     compare: Annotated[str, typer.Option(
         help="Comma-separated plans (pp, dp, fsdp, cfg2, sp2, dp2.cfg2, ...; see generate --help), and diffusers: "
-             "the stock StableVideoDiffusionPipeline on one device, the baseline (SVD models only). A plan that "
+             "the stock pipeline (StableVideoDiffusionPipeline or WanImageToVideoPipeline) on one device, the "
+             "baseline. A plan that "
              "does not fit a GPU count (cfg2 on 1) is skipped with the reason.")] = "pp,dp,fsdp",
     gpus: Annotated[str, typer.Option("--gpus", "-g", help="Comma-separated rank counts, e.g. 1,2,4,7.")] = "1,2",
     samples: Annotated[int, typer.Option(help="Measured samples per run (after warm-up).")] = 8,
@@ -39,18 +41,19 @@ def bench(
     repeats: Annotated[int, typer.Option(
         help="Runs per (strategy, GPUs), each in fresh processes; the median-throughput one is reported.")] = 1,
     steps: Annotated[int | None, typer.Option(
-        help="Denoising steps per sample (default: 28 for dummy, 25 for SVD models).")] = None,
+        help="Denoising steps per sample (default: 28 for dummy, 25 for SVD and Wan models).")] = None,
     latent_shape: Annotated[tuple[int, int, int, int, int] | None, typer.Option(
         "--latent-shape", help="dummy: latent size B C F H W (default 1 4 14 40 72).")] = None,
-    frames: Annotated[int | None, typer.Option(help="SVD models: frames (default: the model's).")] = None,
-    height: Annotated[int | None, typer.Option(help="SVD models: height in pixels.")] = None,
-    width: Annotated[int | None, typer.Option(help="SVD models: width in pixels.")] = None,
+    frames: Annotated[int | None, typer.Option(help="Real models: frames (default: the model's).")] = None,
+    height: Annotated[int | None, typer.Option(help="Real models: height in pixels (default: the model's).")] = None,
+    width: Annotated[int | None, typer.Option(help="Real models: width in pixels (default: the model's).")] = None,
     step_ms: Annotated[float, typer.Option(
         "--step-ms", help="dummy: each UNet call takes this long without using the CPU, like a GPU kernel.")] = 0.0,
-    image: Annotated[Path | None, typer.Option(help="SVD models: input image (default: a built-in test card).")] = None,
+    image: Annotated[Path | None, typer.Option(
+        help="Real models: input image (default: a built-in test card).")] = None,
     compile_unet: Annotated[str, typer.Option(
-        "--compile", help="off | on | both: torch.compile the UNet's repeated blocks (SVD models); both = every plan "
-                          "eager and compiled ('dp+compile'), with compile seconds apart from step time.")] = "off",
+        "--compile", help="off | on | both: torch.compile the denoiser's repeated blocks (real models); both = "
+                          "every plan eager and compiled ('dp+compile'), compile time apart from step time.")] = "off",
     seed: Seed = 0,
     device: Device = "auto",
     dtype: Dtype = "auto",
@@ -76,6 +79,8 @@ def bench(
         vidpipe bench --model tiny --compare diffusers,pp,dp,fsdp --gpus 1,2 --samples 4 --device cpu
 
         vidpipe bench --model small --compare dp,cfg2,sp2 --gpus 1,2 --samples 1 --device cpu   (latency)
+
+        VIDPIPE_THREADS_PER_RANK=1 vidpipe bench --model wan-small --compare dp,cfg2,sp2 --samples 1 --device cpu
     """
     start_worker_server()  # imports for the ranks, on another core, while we check the input
     from vidpipe.jobs.bench import bench as run_bench

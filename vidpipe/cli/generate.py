@@ -95,8 +95,9 @@ def generate(
                        "\"a\", ...generate's options, \"sweep\": [per-sample overrides]}; job id's files go to "
                        "OUT/id/, --resume skips finished ones.")] = None,
     compile_unet: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile the UNet block by block (its repeated blocks; minutes to compile the first "
-                          "time, cached after; on CPU it needs a C compiler). Works with every plan.")] = False,
+        "--compile", help="torch.compile the denoiser block by block (SVD's UNet, Wan's transformer: its repeated "
+                          "blocks; minutes to compile the first time, cached after; on CPU it needs a C compiler). "
+                          "Works with every plan; blocks that sp patches with collectives stay eager.")] = False,
     max_samples_per_job: MaxSamplesPerJob = DEFAULT_MAX_SAMPLES_PER_JOB,
     max_frames: MaxFrames = None,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,

@@ -79,7 +79,7 @@ def serve(
     text_encoder_device: Annotated[str | None, typer.Option(
         "--text-encoder-device", help="Wan: gpu | cpu, where UMT5 encodes the jobs' prompts (default gpu).")] = None,
     compile_unet: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile the UNet's repeated blocks once, at start.")] = False,
+        "--compile", help="torch.compile the denoiser's repeated blocks once, at start.")] = False,
     offline: Offline = False,
     cache_dir: CacheDir = None,
     stall_timeout: StallTimeout = 300.0,

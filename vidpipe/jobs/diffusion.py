@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from vidpipe.metrics import RankRecord, StepRecorder, denoiser_param_bytes, startup_seconds
 from vidpipe.models.base import DiffusionModel, Sample
-from vidpipe.parallel.compile import apply_compile
+from vidpipe.parallel.compile import compile_model
 from vidpipe.parallel.layout import Layout, build_layout
 from vidpipe.parallel.parallelize import parallelize
 from vidpipe.runtime.dist import DistContext
@@ -94,7 +94,7 @@ def start_compiling(model: DiffusionModel, ctx: DistContext, events: EventSink) 
     """Compile the denoiser's repeated blocks and enter the "compile" phase, which lasts until this rank's first
     step is done. NOTE: torch.compile compiles inside the first call of each block shape: minutes on a large UNet
     with no step event, so the watchdog must treat it as loading (--load-timeout), not as a stall."""
-    apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
+    compile_model(model, channels_last=ctx.device.type == "cuda")
     events.emit(PhaseStarted(ctx.rank, phase="compile"))
 
 

@@ -31,7 +31,7 @@ from vidpipe.metrics import StepRecorder, reset_peak_rss
 from vidpipe.models.base import Sample
 from vidpipe.models.registry import family_module
 from vidpipe.models.source import ModelSource
-from vidpipe.parallel.compile import apply_compile
+from vidpipe.parallel.compile import compile_model
 from vidpipe.parallel.layout import Layout
 from vidpipe.parallel.parallelize import parallelize
 from vidpipe.parallel.plan import ParallelPlan, chunk_ranges
@@ -98,7 +98,7 @@ class ServeJob:
                                                            None)
         parallelize(model, layout)
         if self.compile_unet:
-            apply_compile(model.unet, channels_last=ctx.device.type == "cuda")
+            compile_model(model, channels_last=ctx.device.type == "cuda")
         reset_peak_rss()  # from now on, the rank's peak memory is its jobs' (the parent reads it after an OOM)
         limit_memory(ctx.rank)  # test-only: a memory cap or a stand-in OOM killer, when the environment asks
         events.emit(StageReached(ctx.rank, stage="ready"))

@@ -58,6 +58,11 @@ class DiffusionModel(Protocol):
     dtype: torch.dtype
     num_steps: int
     unet: torch.nn.Module | None  # the denoiser, for strategies that wrap it (fsdp shards it); None once released
+    repeated_blocks: tuple[str, ...]  # the denoiser's blocks, by class name, that `--compile` compiles one by one
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        """Every loaded denoiser (Wan 2.2 A14B's two experts; else the one), for the axes that patch each."""
+        ...
 
     def state_spec(self) -> dict[str, TensorSpec]:
         """Shapes and dtypes of the tensors `encode` returns for the model's own parameters, in a fixed order."""

@@ -1,26 +1,26 @@
-"""`--compile`: the UNet compiled with `torch.compile` region by region, as diffusers' `compile_repeated_blocks`
-does for the models that declare their repeated blocks (SVD's UNet does not).
+"""`--compile`: the denoiser compiled with `torch.compile` region by region, as diffusers' `compile_repeated_blocks`
+does: each model names its repeated blocks (Wan's transformer declares them as `_repeated_blocks`; SVD's UNet
+does not, so its family names them).
 
-Compiling the whole UNet takes minutes and breaks at every collective of cfg/sp; compiling each repeated block
+Compiling the whole denoiser takes minutes and breaks at every collective of cfg/sp; compiling each repeated block
 on its own compiles each distinct block shape once (a few dozen graphs, shared by the blocks of that shape) and
-leaves the collectives of cfg/sp between compiled regions. A block that itself holds a collective (a temporal
-res block patched by sp) stays eager; its inner parts are small.
+leaves the collectives of cfg/sp between compiled regions. A block that itself holds a collective (an SVD temporal
+res block or a Wan self-attention patched by sp: their modules or processors say `holds_collectives`) stays
+eager.
 """
 
 from __future__ import annotations
 
 import torch
 
-from vidpipe.models.svd.parallelize import FrameSplitGroupNorm, HaloConv3d
-
-#: SVD's repeated blocks, by class name (diffusers' `_repeated_blocks` convention).
-REPEATED_BLOCKS = ("ResnetBlock2D", "BasicTransformerBlock", "TemporalBasicTransformerBlock", "TemporalResnetBlock")
 #: Distinct block shapes (channels x resolution) to compile before dynamo falls back to eager: SVD-XT has about 30.
 RECOMPILE_LIMIT = 64
 
 
 def _holds_collectives(module: torch.nn.Module) -> bool:
-    return any(isinstance(m, (HaloConv3d, FrameSplitGroupNorm)) for m in module.modules())
+    return any(getattr(m, "holds_collectives", False)
+               or getattr(getattr(m, "processor", None), "holds_collectives", False)  # an attention's processor
+               for m in module.modules())
 
 
 def to_channels_last(module: torch.nn.Module) -> int:
@@ -33,10 +33,18 @@ def to_channels_last(module: torch.nn.Module) -> int:
     return len(convs)
 
 
-def apply_compile(denoiser: torch.nn.Module, channels_last: bool = False, backend: str = "inductor") -> int:
-    """Compile every repeated block of `denoiser` in place; returns how many were compiled (0: nothing to compile,
-    e.g. the simulator's stand-in). `backend` is torch.compile's (the tests trace with "eager", which skips
-    inductor's C++ code generation: minutes on a small CPU)."""
+def compile_model(model, channels_last: bool = False, backend: str = "inductor") -> int:
+    """Compile the repeated blocks of every denoiser `model` has loaded (both experts of Wan 2.2 A14B); returns
+    how many blocks were compiled."""
+    return sum(apply_compile(denoiser, model.repeated_blocks, channels_last, backend)
+               for denoiser in model.denoisers())
+
+
+def apply_compile(denoiser: torch.nn.Module, blocks: tuple[str, ...], channels_last: bool = False,
+                  backend: str = "inductor") -> int:
+    """Compile every block of `denoiser` whose class is named in `blocks` in place; returns how many were compiled
+    (0: nothing to compile, e.g. the simulator's stand-in). `backend` is torch.compile's (the tests trace with
+    "eager", which skips inductor's C++ code generation: minutes on a small CPU)."""
     import torch._dynamo
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -44,7 +52,7 @@ def apply_compile(denoiser: torch.nn.Module, channels_last: bool = False, backen
         to_channels_last(denoiser)
     compiled = 0
     for module in denoiser.modules():
-        if type(module).__name__ in REPEATED_BLOCKS and not _holds_collectives(module):
+        if type(module).__name__ in blocks and not _holds_collectives(module):
             module.compile(backend=backend)
             compiled += 1
     return compiled

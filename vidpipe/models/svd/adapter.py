@@ -115,6 +115,9 @@ class SVDModel:
     """Stable Video Diffusion behind the `DiffusionModel` protocol, on one device."""
 
     family = "svd"
+    #: What `--compile` compiles one by one (diffusers' `_repeated_blocks` convention, which SVD's UNet does not
+    #: declare itself).
+    repeated_blocks = ("ResnetBlock2D", "BasicTransformerBlock", "TemporalBasicTransformerBlock", "TemporalResnetBlock")
 
     def __init__(
         self,
@@ -263,6 +266,10 @@ class SVDModel:
             self.pipeline.unet, self.pipeline.scheduler, num_steps, state, steps, (min_guidance, max_guidance),
             on_step,
         )
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        """The denoiser(s) a model-level axis patches: the UNet (or the wrapper a parallel axis put in its place)."""
+        return [self.unet] if self.unet is not None else []
 
     def release_denoiser(self) -> None:
         """Drop the UNet and image encoder (phase 2 needs only the VAE) and return their memory."""

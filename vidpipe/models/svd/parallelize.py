@@ -32,6 +32,8 @@ class HaloConv3d(torch.nn.Module):
     """A Conv3d with kernel 3 over frames, on local frames plus one halo frame from each neighbour (zeros at
     the ends of the video, as the conv's own zero padding)."""
 
+    holds_collectives = True  # `--compile` leaves the block that holds it eager
+
     def __init__(self, conv: torch.nn.Conv3d, state: FrameSplitState):
         super().__init__()
         if conv.kernel_size[0] != 3 or conv.padding[0] != 1 or conv.padding_mode != "zeros" or conv.stride[0] != 1:
@@ -58,6 +60,8 @@ class FrameSplitGroupNorm(torch.nn.Module):
     centred sum of squares = sum of the local ones + n_r (mean_r - mean)^2. Numerically this is the two-pass
     computation (no sum-of-squares cancellation), with one collective instead of two.
     """
+
+    holds_collectives = True
 
     def __init__(self, norm: torch.nn.GroupNorm, state: FrameSplitState):
         super().__init__()

@@ -114,6 +114,8 @@ class DummyUNet(torch.nn.Module):
 class DummyModel:
     """The `dummy` adapter: seeded random conditioning, the real SVD sampler, no decode."""
 
+    repeated_blocks = ()  # nothing for `--compile` (which the dummy model refuses)
+
     def __init__(self, params: DummyParams, device: torch.device, dtype: torch.dtype):
         self.params = params
         self.device = device
@@ -160,6 +162,9 @@ class DummyModel:
         guidance = (self.params.min_guidance, self.params.max_guidance)
         self.stand_in.start_block()
         return denoise_block(self.unet, self.scheduler, self.num_steps, state, steps, guidance, on_step)
+
+    def denoisers(self) -> list[torch.nn.Module]:
+        return [self.unet] if self.unet is not None else []
 
     def release_denoiser(self) -> None:
         self.unet = None

@@ -41,6 +41,8 @@ class WanModel:
     """Wan image-to-video behind the `DiffusionModel` protocol, on one device."""
 
     family = "wan"
+    #: What `--compile` compiles one by one (WanTransformer3DModel's own `_repeated_blocks`).
+    repeated_blocks = ("WanTransformerBlock",)
 
     def __init__(self, pipeline, device: torch.device, dtype: torch.dtype, params: WanParams,
                  size: tuple[int, int, int], image_tokens: int | None = None, denoiser_config: dict | None = None):

@@ -97,6 +97,8 @@ class UlyssesSelfAttention:
     """`attn1`'s processor under sp: WanAttnProcessor's self-attention on local tokens, with Ulysses' two
     all-to-alls around the attention kernel (q, k and v travel together: one all-to-all, not three)."""
 
+    holds_collectives = True  # `--compile` leaves the block that holds it eager
+
     def __init__(self, split: TokenSplit):
         self.split = split
 

@@ -309,6 +309,7 @@ class WanStandIn:
     the real sampler, no VAE."""
 
     family = "wan"  # so `models/wan/parallelize.py` applies the plan's axes, as to the real model
+    repeated_blocks = ()  # the stand-in's blocks are not compiled
 
     def __init__(self, params: WanStandInParams, device: torch.device, dtype: torch.dtype):
         configs = read_flavor(params.flavor)
