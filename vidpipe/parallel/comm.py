@@ -89,9 +89,11 @@ def gather_along(local: torch.Tensor, dim: int, sizes: list[int], group: Group) 
 
 def all_to_all(send_parts: list[torch.Tensor], recv_numels: list[int], group: Group) -> list[torch.Tensor]:
     """Send `send_parts[j]` to rank j; returns the flat part received from each rank (of `recv_numels[i]`)."""
-    send = torch.cat([part.reshape(-1) for part in send_parts])
-    recv = send.new_empty(sum(recv_numels))
     send_numels = [part.numel() for part in send_parts]
+    send = send_parts[0].new_empty(sum(send_numels))
+    for flat, part in zip(send.split(send_numels), send_parts, strict=True):
+        flat.view(part.shape).copy_(part)  # NOTE: one copy; `cat` of reshaped slices copied every slice twice
+    recv = send.new_empty(sum(recv_numels))
     started = span_start(send.device)
     dist.all_to_all_single(recv, send, recv_numels, send_numels, group=group.group)
     sent = (sum(send_numels) - send_numels[group.rank]) * send.element_size()

@@ -82,15 +82,15 @@ class LocalRotaryEmbedding(torch.nn.Module):
         return freqs_cos[:, self.split.mine], freqs_sin[:, self.split.mine]
 
 
-def _apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor) -> torch.Tensor:
-    # As WanAttnProcessor's own (a closure there, so it cannot be imported).
+def _apply_rotary_emb(hidden_states: torch.Tensor, freqs_cos: torch.Tensor, freqs_sin: torch.Tensor,
+                      out: torch.Tensor) -> None:
+    # As WanAttnProcessor's own (a closure there, so it cannot be imported), written into `out` (of
+    # `hidden_states`' shape and dtype): Ulysses' send buffer, so that q and k are not copied into it again.
     x1, x2 = hidden_states.unflatten(-1, (-1, 2)).unbind(-1)
     cos = freqs_cos[..., 0::2]
     sin = freqs_sin[..., 1::2]
-    out = torch.empty_like(hidden_states)
     out[..., 0::2] = x1 * cos - x2 * sin
     out[..., 1::2] = x1 * sin + x2 * cos
-    return out.type_as(hidden_states)
 
 
 class UlyssesSelfAttention:
@@ -106,14 +106,18 @@ class UlyssesSelfAttention:
         query, key, value = _get_qkv_projections(attn, hidden_states, None)
         query, key = attn.norm_q(query), attn.norm_k(key)
         query, key, value = (x.unflatten(2, (attn.heads, -1)) for x in (query, key, value))
+        qkv = query.new_empty((3, *query.shape))  # [3, B, local tokens, H, d]
         if rotary_emb is not None:
-            query, key = _apply_rotary_emb(query, *rotary_emb), _apply_rotary_emb(key, *rotary_emb)
+            _apply_rotary_emb(query, *rotary_emb, out=qkv[0])
+            _apply_rotary_emb(key, *rotary_emb, out=qkv[1])
+        else:
+            qkv[0], qkv[1] = query, key
+        qkv[2] = value
 
         # 1. Tokens -> heads: send rank j this rank's tokens of j's heads; get all tokens of this rank's heads.
         group, tokens = self.split.group, self.split.sizes
         heads = frame_split(attn.heads, group.size)
         head_starts = [sum(heads[:j]) for j in range(group.size)]
-        qkv = torch.stack([query, key, value])  # [3, B, local tokens, H, d]
         batch, head_dim = qkv.shape[1], qkv.shape[-1]
         mine = heads[group.rank]
         parts = all_to_all([qkv[:, :, :, s : s + n] for s, n in zip(head_starts, heads, strict=True)],
@@ -133,7 +137,7 @@ class UlyssesSelfAttention:
         parts = all_to_all([out[:, s : s + n] for s, n in zip(token_starts, tokens, strict=True)],
                            [batch * local * h * head_dim for h in heads], group)
         out = torch.cat([p.view(batch, local, h, head_dim) for p, h in zip(parts, heads, strict=True)], 2)
-        out = out.flatten(2, 3).type_as(query)
+        out = out.flatten(2, 3).type_as(qkv)
         return attn.to_out[1](attn.to_out[0](out))
 
 
