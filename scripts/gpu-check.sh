@@ -15,8 +15,10 @@
 # against 1 rank; fp16 and bf16 against fp32; `serve` (a job cancelled, one finished with `submit`, SIGTERM,
 # nothing left); torchrun; a rank that raises or is SIGKILLed mid-run; one run under NCCL_DEBUG=INFO; `bench
 # --repeats`; compiled split plans; SVD-XT (random weights, 25 x 576 x 1024) against the stock pipeline, eager
-# and compiled; memory-probe; `simulate` over NCCL for every plan that fits. Each step has its own timeout; a
-# failed one is recorded and the next one runs.
+# and compiled; Wan (full run): the tiny model through dp, pp2, cfg2, sp2, sp3, fsdp.sp2 and cfg2.sp2 in bf16
+# against 1 rank, wan-small at 81 x 480 x 832 on cfg2/sp2 and Wan 2.1 14B (random weights, 480p) on one GPU, beside
+# the stock pipeline; memory-probe; `simulate` over NCCL for every plan that fits. Each step has its own timeout;
+# a failed one is recorded and the next one runs.
 #
 # Results in OUT_DIR (default docs/results/gpu-<date>/): gpu-check.json (every step: command, GPUs, status,
 # reason, seconds, exit code, the figures of its own JSON report), summary.md (the table to paste into a note),

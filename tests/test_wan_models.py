@@ -107,6 +107,22 @@ def test_wan22_tiny_runs_both_experts(cache, plain_prompts):
     assert calls == {"transformer": 2, "transformer_2": 2}
 
 
+def test_a_config_without_a_tokenizer_runs_with_the_local_one(tmp_path, plain_prompts):
+    """The full-size flavors ship configs only (UMT5's tokenizer is on the hub): random weights from such a folder
+    get the local tokenizer, and the stock pipeline runs. Shown on wan-tiny's configs without their tokenizer."""
+    import shutil
+
+    configs = shutil.copytree(CONFIGS_DIR / "wan-tiny", tmp_path / "configs",
+                              ignore=shutil.ignore_patterns("tokenizer"))
+    assert not (configs / "tokenizer").exists()
+    for flavor in tiny.FULL_SIZE_FLAVORS:
+        assert not (CONFIGS_DIR / flavor / "tokenizer").exists(), flavor
+    components = tiny.random_components(configs)
+    assert components["tokenizer"].is_fast and components["tokenizer"].eos_token_id == 1
+    latents = generate_latents(WanImageToVideoPipeline(**components))
+    assert tuple(latents.shape) == LATENT_SHAPE and torch.isfinite(latents).all()
+
+
 def test_build_tiny_is_reused_and_reproducible(cache, tmp_path, monkeypatch):
     path = build_tiny("wan2.2-tiny", cache)
     weights = path / "transformer_2" / "diffusion_pytorch_model.safetensors"

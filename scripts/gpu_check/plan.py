@@ -20,6 +20,12 @@ SIMULATE_PLANS = ("dp", "pp", "fsdp", "cfg2", "sp2", "cfg2.sp2", "pp2.cfg2", "dp
                   "pp2.cfg2.sp2")
 TINY = ("--model", "tiny", "--steps", "4", "--frames", "8")
 SVD_XT_SIZE = ("--frames", "25", "--height", "576", "--width", "1024")
+# Wan (full run): the tiny Wan 2.1 (3 heads, CLIP image embedding) through the plans #15 names, in bf16 (Wan's
+# dtype: UMT5 overflows in fp16), each against 1 rank; then the full-size Wan 2.1 14B (random weights) at 480p.
+WAN_PLANS = (("dp", 1), ("pp2", 2), ("cfg2", 2), ("sp2", 2), ("sp3", 3), ("fsdp.sp2", 2), ("cfg2.sp2", 4))
+WAN_TINY = ("--model", "wan-tiny", "--steps", "4", "--prompt", "a red fox runs through the snow", "--dtype", "bf16")
+WAN_480P = ("--frames", "81", "--height", "480", "--width", "832")  # 32,760 tokens a video, Wan's own size
+WAN_14B = ("--model", "wan2.1-i2v-14b-480p-random", "--dtype", "bf16", *WAN_480P)
 
 
 def plan_fits(plan: str, gpus: int) -> bool:
@@ -58,7 +64,7 @@ def build_steps(ctx: Context, only: str | None = None) -> list[Step]:
     then what a budget cut loses least; the full run's long steps last."""
     steps = [*version_steps(ctx), *generate_steps(ctx), *dtype_steps(ctx), *serve_steps(ctx), *fault_steps(ctx),
              *torchrun_steps(ctx), svd_xt_bench_step(ctx), nccl_debug_step(ctx), bench_repeats_step(ctx),
-             *split_plan_steps(ctx), memory_probe_step(ctx), *simulate_steps(ctx)]
+             *split_plan_steps(ctx), *wan_steps(ctx), memory_probe_step(ctx), *simulate_steps(ctx)]
     for step in steps:
         step.log = ctx.path(f"{step.name}.log")
         if step.gpus > ctx.gpus:
@@ -246,6 +252,36 @@ def split_plan_steps(ctx: Context) -> list[Step]:
         vidpipe_step(ctx, "svd-xt-latency", "svd-xt", most(gpus, 2), 2400, latency, what="SVD-XT on cfg2/sp2",
                      report=ctx.path("svd-xt-latency.json")),
     ]
+
+
+def wan_steps(ctx: Context) -> list[Step]:
+    """Wan: the tiny model through every plan to MP4, each plan's latents against 1 rank; one video's latency on the
+    latency plans at Wan's 480p; the 14B at 480p on one GPU. Each beside the stock WanImageToVideoPipeline."""
+    steps = []
+    for plan, gpus in WAN_PLANS:
+        out = ctx.path(f"wan-generate-{plan}")
+        steps.append(vidpipe_step(ctx, f"wan-generate-{plan}", "wan", gpus, 240,
+                                  generate_args(ctx, plan, gpus, out, *WAN_TINY, "--samples", "2"),
+                                  what=f"Wan {plan}", report=f"{out}.json", workdir=out, expect_mp4=out))
+    compared = [f"{plan}={ctx.path(f'wan-generate-{plan}')}" for plan, gpus in WAN_PLANS[1:] if gpus <= ctx.gpus]
+    steps.append(Step("wan-generate-compare", "wan", 2, 120,
+                      helper(ctx, "compare-latents", "--json", ctx.path("wan-generate-compare.json"), "--tolerance",
+                             "0.05", "--reference", ctx.path("wan-generate-dp"), *compared),
+                      what="comparing Wan plans with 1 rank", report=ctx.path("wan-generate-compare.json")))
+    # One video's latency on the latency plans: wan-small (8 blocks) at Wan's 480p size, so that a step is real GPU
+    # work; then the 14B itself (random weights, built in host memory: one rank) against the stock pipeline.
+    plans = ["dp", "cfg2", "sp2"] + (["cfg2.sp2"] if ctx.gpus >= 4 else []) + (["cfg2.sp4"] if ctx.gpus >= 8 else [])
+    gpus = gpu_list(ctx)
+    small = ["bench", "--model", "wan-small", "--dtype", "bf16", *WAN_480P, "--compare",
+             ",".join(["diffusers", *plans]), "--gpus", gpus, "--steps", "10", "--samples", "1", "--warmup-samples",
+             "1", "--device", ctx.device, "--json", ctx.path("wan-latency.json"), "--csv", ctx.path("wan-latency.csv")]
+    full = ["bench", *WAN_14B, "--compare", "diffusers,dp", "--gpus", "1", "--steps", "10", "--samples", "1",
+            "--warmup-samples", "1", "--device", ctx.device, "--json", ctx.path("wan-14b-bench.json"), "--csv",
+            ctx.path("wan-14b-bench.csv")]
+    return [*steps,
+            vidpipe_step(ctx, "wan-latency", "wan", most(gpus, 2), 2400, small, what="Wan on cfg2/sp2",
+                         report=ctx.path("wan-latency.json")),
+            vidpipe_step(ctx, "wan-14b-bench", "wan", 1, 2400, full, report=ctx.path("wan-14b-bench.json"))]
 
 
 def memory_probe_step(ctx: Context) -> Step:

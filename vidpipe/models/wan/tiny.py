@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from pathlib import Path
 
 import torch
@@ -212,8 +213,8 @@ def random_components(
 
     Weighted components are identical on every call (see `_random_module`); with `device="meta"` they have
     shapes only (parameter counts, memory estimates of the full-size flavors). The tokenizer is the config's own
-    folder if it has one (the buildable flavors), else None; `boundary_ratio` and `expand_timesteps` come from
-    model_index.json.
+    folder if it has one (the buildable flavors), else the same local tokenizer built on the spot (the full-size
+    flavors, so that they run too); `boundary_ratio` and `expand_timesteps` come from model_index.json.
     """
     from diffusers import UniPCMultistepScheduler
     from transformers import AutoTokenizer, CLIPImageProcessor
@@ -227,7 +228,11 @@ def random_components(
     scheduler_dir = config_dir / "scheduler"
     components["scheduler"] = UniPCMultistepScheduler.from_config(UniPCMultistepScheduler.load_config(scheduler_dir))
     tokenizer_dir = config_dir / "tokenizer"
-    components["tokenizer"] = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
+    if tokenizer_dir.is_dir():
+        components["tokenizer"] = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:  # a full-size flavor: UMT5's own tokenizer is on the hub; random weights take the local one as well
+        with tempfile.TemporaryDirectory() as scratch:  # NOTE: a fast tokenizer is read whole at load
+            components["tokenizer"] = AutoTokenizer.from_pretrained(build_tokenizer(Path(scratch)))
     components["image_processor"] = (
         CLIPImageProcessor.from_pretrained(config_dir / "image_processor")
         if _declared(index, "image_processor")
