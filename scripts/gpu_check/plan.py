@@ -22,7 +22,8 @@ TINY = ("--model", "tiny", "--steps", "4", "--frames", "8")
 SVD_XT_SIZE = ("--frames", "25", "--height", "576", "--width", "1024")
 # Wan (full run): the tiny Wan 2.1 (3 heads, CLIP image embedding) through the plans #15 names, in bf16 (Wan's
 # dtype: UMT5 overflows in fp16), each against 1 rank; then the full-size Wan 2.1 14B (random weights) at 480p.
-WAN_PLANS = (("dp", 1), ("pp2", 2), ("cfg2", 2), ("sp2", 2), ("sp3", 3), ("fsdp.sp2", 2), ("cfg2.sp2", 4))
+WAN_PLANS = (("dp", 1, False), ("pp2", 2, False), ("cfg2", 2, False), ("sp2", 2, False), ("sp3", 3, False),
+             ("fsdp.sp2", 2, False), ("cfg2.sp2", 4, False))
 WAN_TINY = ("--model", "wan-tiny", "--steps", "4", "--prompt", "a red fox runs through the snow", "--dtype", "bf16")
 WAN_480P = ("--frames", "81", "--height", "480", "--width", "832")  # 32,760 tokens a video, Wan's own size
 WAN_14B = ("--model", "wan2.1-i2v-14b-480p-random", "--dtype", "bf16", *WAN_480P)
@@ -112,18 +113,27 @@ def generate_args(ctx: Context, plan: str, gpus: int | None, out: str, *extra: s
 
 def generate_steps(ctx: Context) -> list[Step]:
     """Every plan through diffusion, decode and MP4 files (tiny model), then each one's latents against 1 rank."""
+    return plans_against_one_rank(ctx, "generate", "generate", GENERATE_PLANS, TINY, label="")
+
+
+def plans_against_one_rank(ctx: Context, group: str, prefix: str, plans: tuple, model_args: tuple[str, ...],
+                           label: str) -> list[Step]:
+    """`generate` of two samples to MP4 under each (plan, GPUs, in --quick) of `plans`, the first being 1 rank,
+    then every other plan's latents compared with its. Steps are named PREFIX-PLAN and PREFIX-compare."""
     steps = []
-    for plan, gpus, quick in GENERATE_PLANS:
-        out = ctx.path(f"generate-{plan}")
-        steps.append(vidpipe_step(ctx, f"generate-{plan}", "generate", gpus, 240,
-                                  generate_args(ctx, plan, gpus, out, *TINY, "--samples", "2"),
-                                  what=plan, quick=quick, report=f"{out}.json", workdir=out, expect_mp4=out))
-    compared = [f"{plan}={ctx.path(f'generate-{plan}')}" for plan, gpus, quick in GENERATE_PLANS[1:]
+    for plan, gpus, quick in plans:
+        out = ctx.path(f"{prefix}-{plan}")
+        steps.append(vidpipe_step(ctx, f"{prefix}-{plan}", group, gpus, 240,
+                                  generate_args(ctx, plan, gpus, out, *model_args, "--samples", "2"),
+                                  what=f"{label}{plan}", quick=quick, report=f"{out}.json", workdir=out,
+                                  expect_mp4=out))
+    compared = [f"{plan}={ctx.path(f'{prefix}-{plan}')}" for plan, gpus, quick in plans[1:]
                 if gpus <= ctx.gpus and (quick or not ctx.quick)]
-    steps.append(Step("generate-compare", "generate", 2, 120,
-                      helper(ctx, "compare-latents", "--json", ctx.path("generate-compare.json"), "--tolerance",
-                             "0.05", "--reference", ctx.path("generate-dp"), *compared),
-                      what="comparing plans with 1 rank", quick=True, report=ctx.path("generate-compare.json")))
+    steps.append(Step(f"{prefix}-compare", group, 2, 120,
+                      helper(ctx, "compare-latents", "--json", ctx.path(f"{prefix}-compare.json"), "--tolerance",
+                             "0.05", "--reference", ctx.path(f"{prefix}-{plans[0][0]}"), *compared),
+                      what=f"comparing {label}plans with 1 rank", quick=plans[0][2],
+                      report=ctx.path(f"{prefix}-compare.json")))
     return steps
 
 
@@ -257,17 +267,7 @@ def split_plan_steps(ctx: Context) -> list[Step]:
 def wan_steps(ctx: Context) -> list[Step]:
     """Wan: the tiny model through every plan to MP4, each plan's latents against 1 rank; one video's latency on the
     latency plans at Wan's 480p; the 14B at 480p on one GPU. Each beside the stock WanImageToVideoPipeline."""
-    steps = []
-    for plan, gpus in WAN_PLANS:
-        out = ctx.path(f"wan-generate-{plan}")
-        steps.append(vidpipe_step(ctx, f"wan-generate-{plan}", "wan", gpus, 240,
-                                  generate_args(ctx, plan, gpus, out, *WAN_TINY, "--samples", "2"),
-                                  what=f"Wan {plan}", report=f"{out}.json", workdir=out, expect_mp4=out))
-    compared = [f"{plan}={ctx.path(f'wan-generate-{plan}')}" for plan, gpus in WAN_PLANS[1:] if gpus <= ctx.gpus]
-    steps.append(Step("wan-generate-compare", "wan", 2, 120,
-                      helper(ctx, "compare-latents", "--json", ctx.path("wan-generate-compare.json"), "--tolerance",
-                             "0.05", "--reference", ctx.path("wan-generate-dp"), *compared),
-                      what="comparing Wan plans with 1 rank", report=ctx.path("wan-generate-compare.json")))
+    steps = plans_against_one_rank(ctx, "wan", "wan-generate", WAN_PLANS, WAN_TINY, label="Wan ")
     # One video's latency on the latency plans: wan-small (8 blocks) at Wan's 480p size, so that a step is real GPU
     # work; then the 14B itself (random weights, built in host memory: one rank) against the stock pipeline.
     plans = ["dp", "cfg2", "sp2"] + (["cfg2.sp2"] if ctx.gpus >= 4 else []) + (["cfg2.sp4"] if ctx.gpus >= 8 else [])
