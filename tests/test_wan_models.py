@@ -108,16 +108,22 @@ def test_wan22_tiny_runs_both_experts(cache, plain_prompts):
 
 
 def test_a_config_without_a_tokenizer_runs_with_the_local_one(tmp_path, plain_prompts):
-    """The full-size flavors ship configs only (UMT5's tokenizer is on the hub): random weights from such a folder
-    get the local tokenizer, and the stock pipeline runs. Shown on wan-tiny's configs without their tokenizer."""
+    """The full-size flavors ship configs only (UMT5's tokenizer is on the hub): a run of random weights from such a
+    folder gets the local tokenizer, and the stock pipeline runs. Shown on wan-tiny's configs without their
+    tokenizer; counting parameters on the meta device builds none."""
     import shutil
+
+    from vidpipe.models.source import ModelSource
+    from vidpipe.models.wan.loading import load_components
 
     configs = shutil.copytree(CONFIGS_DIR / "wan-tiny", tmp_path / "configs",
                               ignore=shutil.ignore_patterns("tokenizer"))
     assert not (configs / "tokenizer").exists()
     for flavor in tiny.FULL_SIZE_FLAVORS:
         assert not (CONFIGS_DIR / flavor / "tokenizer").exists(), flavor
-    components = tiny.random_components(configs)
+    assert tiny.random_components(configs, device="meta")["tokenizer"] is None
+    source = ModelSource("random", configs, "wan-tiny-configs", family="wan")
+    components = load_components(source, torch.float32, encoders=True, experts=("transformer",))
     assert components["tokenizer"].is_fast and components["tokenizer"].eos_token_id == 1
     latents = generate_latents(WanImageToVideoPipeline(**components))
     assert tuple(latents.shape) == LATENT_SHAPE and torch.isfinite(latents).all()

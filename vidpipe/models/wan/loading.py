@@ -17,9 +17,11 @@ def load_components(source, dtype: torch.dtype, encoders: bool, experts: tuple[s
     the modules diffusers keeps in fp32 kept so. Nothing is downloaded: the parent resolved the model first.
     """
     if source.kind == "random":
-        from vidpipe.models.wan.tiny import random_components
+        from vidpipe.models.wan.tiny import local_tokenizer, random_components
 
         components = random_components(source.path, "cpu", dtype)
+        if encoders and components["tokenizer"] is None:  # a full-size flavor ships configs only
+            components["tokenizer"] = local_tokenizer()
         if components.get("vae") is not None:
             components["vae"] = components["vae"].float()
     else:

@@ -115,6 +115,15 @@ def build_tokenizer(directory: Path) -> Path:
     return directory
 
 
+def local_tokenizer():
+    """`build_tokenizer`'s tokenizer, loaded (for a config folder without one: the full-size flavors, whose UMT5
+    tokenizer is on the hub)."""
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as scratch:  # NOTE: a fast tokenizer is read whole at load
+        return AutoTokenizer.from_pretrained(build_tokenizer(Path(scratch)))
+
+
 def flavor_dir(flavor: str) -> Path:
     """The config directory of a flavor; UsageError, listing the flavors, for an unknown name."""
     flavors = BUILDABLE_FLAVORS + FULL_SIZE_FLAVORS
@@ -213,8 +222,8 @@ def random_components(
 
     Weighted components are identical on every call (see `_random_module`); with `device="meta"` they have
     shapes only (parameter counts, memory estimates of the full-size flavors). The tokenizer is the config's own
-    folder if it has one (the buildable flavors), else the same local tokenizer built on the spot (the full-size
-    flavors, so that they run too); `boundary_ratio` and `expand_timesteps` come from model_index.json.
+    folder if it has one (the buildable flavors), else None (a run of a full-size flavor takes `local_tokenizer`);
+    `boundary_ratio` and `expand_timesteps` come from model_index.json.
     """
     from diffusers import UniPCMultistepScheduler
     from transformers import AutoTokenizer, CLIPImageProcessor
@@ -228,11 +237,7 @@ def random_components(
     scheduler_dir = config_dir / "scheduler"
     components["scheduler"] = UniPCMultistepScheduler.from_config(UniPCMultistepScheduler.load_config(scheduler_dir))
     tokenizer_dir = config_dir / "tokenizer"
-    if tokenizer_dir.is_dir():
-        components["tokenizer"] = AutoTokenizer.from_pretrained(tokenizer_dir)
-    else:  # a full-size flavor: UMT5's own tokenizer is on the hub; random weights take the local one as well
-        with tempfile.TemporaryDirectory() as scratch:  # NOTE: a fast tokenizer is read whole at load
-            components["tokenizer"] = AutoTokenizer.from_pretrained(build_tokenizer(Path(scratch)))
+    components["tokenizer"] = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
     components["image_processor"] = (
         CLIPImageProcessor.from_pretrained(config_dir / "image_processor")
         if _declared(index, "image_processor")
