@@ -43,6 +43,7 @@ def test_dummy_bench_writes_json_csv_table_and_plots(here, tmp_path):
         assert run["verified"] is True, name
         assert RUN_KEYS <= run.keys(), f"{name} lacks {sorted(RUN_KEYS - run.keys())}"
         assert run["device"].startswith("cpu") and run["backend"] == "gloo" and run["dtype"] == "fp32"
+        assert run["host_malloc"].startswith("kept:"), name  # CPU ranks keep freed memory (host_memory.py)
         assert run["total_steps"] == 4 and run["num_samples"] == 3 and run["seeds"] == [0, 1, 2]
         assert len(run["per_sample_latency_s"]) == 3
         assert len(run["peak_memory_gb_per_rank"]) == len(run["comm_s_per_rank"]) == run["world_size"]

@@ -27,6 +27,7 @@ import torch
 
 from vidpipe.models.base import Sample, StepCallback
 from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, PhaseStarted, SampleDone, StepDone
+from vidpipe.runtime import host_memory
 from vidpipe.runtime.faults import fault_for, maybe_fail
 from vidpipe.runtime.gpus import driver_memory_mib
 from vidpipe.runtime.timing import DeviceTimer
@@ -49,6 +50,7 @@ class RankRecord:
     peak_reserved_bytes: dict[str, int] = field(default_factory=dict)  # phase -> CUDA max_memory_reserved
     driver_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> nvidia-smi's charge at its end
     threads: int = 1
+    host_malloc: str = ""  # a CPU rank's malloc settings (runtime/host_memory.py); "" on GPU ranks
     unet_param_bytes: int = 0  # the denoiser's parameters held by this rank (its shards under fsdp)
     comm_measured: bool = True  # False where communication overlaps compute unseen (fsdp's all-gathers)
     startup_s: dict[str, float] = field(default_factory=dict)  # stage -> seconds after the command's launch
@@ -69,7 +71,8 @@ class StepRecorder:
         self.every_step = every_step  # report every step (--verbose), not at most every STEP_EVENT_INTERVAL_S
         self.steps_done = 0
         self.reported_at = 0.0
-        self._record = RankRecord(rank=rank, threads=torch.get_num_threads())
+        self._record = RankRecord(rank=rank, threads=torch.get_num_threads(),
+                                  host_malloc=host_memory.applied)
         # Figures timed as spans of device work (CUDA events, resolved when `record` is read).
         self._span_timers = {"comm_s": DeviceTimer(), "encode_s": DeviceTimer()}
         self.t0 = time.perf_counter()
@@ -308,6 +311,7 @@ def summarize(
         "peak_reserved_gb_per_rank": [peak_gb(r.peak_reserved_bytes) for r in records],
         "driver_memory_gb_per_rank": [peak_gb(r.driver_memory_bytes) for r in records],
         "threads_per_rank": [r.threads for r in records],
+        "host_malloc": records[0].host_malloc if records else None,
         # cfg/sp collectives inside each step (hand-offs are in comm_s_per_rank): measured bytes this rank sent.
         "split_comm_bytes_per_step_per_rank": [
             round(r.split_comm_bytes / len(r.steps)) if r.steps else 0 for r in records],

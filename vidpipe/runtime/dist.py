@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from vidpipe.runtime.devices import threads_per_rank
+from vidpipe.runtime.host_memory import keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def join(setup: RankSetup, started_at: float | None = None) -> DistContext:
         device_id = device  # NCCL binds its communicator to this GPU at once, not at the first collective
     else:
         device = torch.device("cpu")
+        keep_freed_memory()
     # NOTE: on CPU every rank would otherwise start one thread per core: W ranks x cores threads thrash.
     torch.set_num_threads(threads_per_rank(setup.local_world_size))
 
