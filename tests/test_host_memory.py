@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from vidpipe.runtime.host_memory import users_own_malloc_settings
+from vidpipe.runtime import host_memory
+from vidpipe.runtime.host_memory import keep_freed_memory, users_own_malloc_settings
 
 # A transformer-like loop (feed-forward and attention scores at wan-small's token count): page faults per round.
 FAULTS_PER_ROUND = """
@@ -32,8 +33,9 @@ print(json.dumps({"applied": applied, "faults": faults}))
 
 
 def _faults_per_round(rounds: int, **env) -> dict:
-    run = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND, str(rounds)], capture_output=True, text=True, check=True,
-                         env={k: v for k, v in {**os.environ, **env}.items() if v is not None}, timeout=120)
+    env = {k: v for k, v in {**os.environ, **env}.items() if v is not None}
+    run = subprocess.run([sys.executable, "-c", FAULTS_PER_ROUND, str(rounds)], capture_output=True, text=True,
+                         check=True, env=env, timeout=120)
     return json.loads(run.stdout)
 
 
@@ -44,12 +46,13 @@ def test_after_the_first_round_a_cpu_rank_faults_in_no_new_pages():
     assert kept["faults"][0] > 1000  # the first round grows the heap
     assert statistics.median(kept["faults"][1:]) == 0, kept["faults"]  # later rounds reuse it (a few, a little)
     # With glibc's own defaults the same loop faults pages in again in most rounds (here a median of 900 to
-    # 21,000 a round, depending on where the heap's first blocks fell): no figure to assert, only the opt-out.
-    system = _faults_per_round(0, VIDPIPE_HOST_MALLOC="system")
-    assert system["applied"] == "the user's (VIDPIPE_HOST_MALLOC=system)"
+    # 21,000 a round, depending on where the heap's first blocks fell): no figure to assert there.
 
 
-def test_the_users_own_malloc_settings_win():
+def test_the_users_own_malloc_settings_win(monkeypatch):
+    monkeypatch.setattr(host_memory, "applied", host_memory.applied)  # restored after the test
+    monkeypatch.setenv("VIDPIPE_HOST_MALLOC", "system")
+    assert keep_freed_memory() == "the user's (VIDPIPE_HOST_MALLOC=system)" == host_memory.applied  # no mallopt
     assert users_own_malloc_settings({}) is None
     assert users_own_malloc_settings({"PATH": "/bin", "GLIBC_TUNABLES": "glibc.rtld.nns=2"}) is None
     assert users_own_malloc_settings({"MALLOC_ARENA_MAX_": "2"}) == "MALLOC_ARENA_MAX_"

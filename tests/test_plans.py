@@ -294,6 +294,21 @@ def test_compile_compiles_wans_transformer_blocks_and_leaves_the_ones_sp_patched
     parallelize.apply_sp(fresh, Group(None, 0, 2, (0, 1), CommStats()))
     assert apply_compile(fresh, WanModel.repeated_blocks, backend="eager") == 0
 
+    # A run that compiles nothing says so, and is not held in a "compile" phase it never leaves by compiling.
+    from types import SimpleNamespace
+
+    from vidpipe.bench_output import _compile_cell
+    from vidpipe.jobs.diffusion import start_compiling
+    from vidpipe.metrics import RankRecord
+
+    emitted, record = [], RankRecord(rank=0)
+    under_sp = SimpleNamespace(repeated_blocks=WanModel.repeated_blocks, denoisers=lambda: [fresh])
+    ctx = SimpleNamespace(rank=0, device=torch.device("cpu"))
+    assert start_compiling(under_sp, ctx, SimpleNamespace(emit=emitted.append), record) == 0
+    assert record.compiled_blocks == 0 and emitted == []
+    assert _compile_cell({"compiled": True, "compiled_blocks_per_rank": [0, 0], "compile_s_per_rank": [None]}) == "none"
+    assert _compile_cell({"compiled": True, "compiled_blocks_per_rank": [2, 2], "compile_s_per_rank": [3.0]}) == "3.0"
+
 
 def test_auto_counts_one_expert_per_pp_stage_of_wan22_a14b():
     """Wan 2.2 A14B (two 14B experts, 27 GB each in bf16) on two 64 GB GPUs, 16 videos without guidance: no GPU

@@ -58,6 +58,13 @@ def _max(values) -> float | None:
     return max(present) if present else None
 
 
+def _compile_cell(run: dict) -> str:
+    """The first step's extra time, or "none" where --compile found no block to compile (Wan under sp)."""
+    if run.get("compiled") and _max(run.get("compiled_blocks_per_rank")) == 0:
+        return "none"
+    return _num(_max(run.get("compile_s_per_rank")), 1)
+
+
 def _kb(values) -> str:
     """Bytes per step, max over ranks, in KB ('-' when nothing was sent: no cfg/sp)."""
     top = _max(values)
@@ -94,7 +101,8 @@ def bench_table(summary: dict) -> Table:
                 "eff = ideal / measured makespan; "
                 f"{memory_caption}comm = hand-off wait, max over ranks; KB/step = "
                 "what cfg/sp collectives sent per step from the busiest rank, measured / analytic; step s = median "
-                "step, step/base = over the stock pipeline's; compile s = the first step's extra time (--compile)",
+                "step, step/base = over the stock pipeline's; compile s = the first step's extra time (--compile; "
+                "none: no block to compile)",
     )
     columns = ("strategy", "plan", "GPUs", "first s", "latency s", "lat x1", "interval s", "samples/s", "x1",
                "xbase", "scal", "eff", "step s", "step/base", "compile s", memory, *device_memory, "comm s",
@@ -114,7 +122,7 @@ def bench_table(summary: dict) -> Table:
             _num(run["steady_interval_s"]), _num(run["throughput_samples_per_s"]),
             _num(run["speedup"], 2, "x"), _num(run["speedup_vs_baseline"], 2, "x"),
             _num(run["scaling_efficiency"], 2), _num(run["efficiency"], 2), _num(run["step_time_s"], 3),
-            _num(run.get("step_time_vs_baseline"), 2), _num(_max(run.get("compile_s_per_rank")), 1),
+            _num(run.get("step_time_vs_baseline"), 2), _compile_cell(run),
             _num(_max(run["peak_memory_gb_per_rank"]), 2),
             *(_num(_max(run.get(key)), 2) for key in device_memory.values()),
             _num(_max(run["comm_s_per_rank"]), 2), sent,

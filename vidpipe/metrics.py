@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from vidpipe.models.base import Sample, StepCallback
-from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, PhaseStarted, SampleDone, StepDone
 from vidpipe.runtime import host_memory
+from vidpipe.runtime.events import STEP_EVENT_INTERVAL_S, EventSink, PhaseStarted, SampleDone, StepDone
 from vidpipe.runtime.faults import fault_for, maybe_fail
 from vidpipe.runtime.gpus import driver_memory_mib
 from vidpipe.runtime.timing import DeviceTimer
@@ -45,6 +45,7 @@ class RankRecord:
     comm_s: float = 0.0
     encode_s: float = 0.0  # time in `model.encode` (conditioning and starting noise)
     compile_s: float | None = None  # --compile: the first step's extra time (None without --compile)
+    compiled_blocks: int | None = None  # --compile: blocks compiled (0: each holds a collective, Wan under sp)
     peak_memory_bytes: dict[str, int] = field(default_factory=dict)  # phase -> bytes (CUDA: allocated)
     memory_kind: str = "cpu_peak_rss"
     peak_reserved_bytes: dict[str, int] = field(default_factory=dict)  # phase -> CUDA max_memory_reserved
@@ -295,6 +296,7 @@ def summarize(
         "comm_s_per_rank": [r.comm_s if r.comm_measured else None for r in records],
         "encode_s_per_rank": [round(r.encode_s, 4) for r in records],
         "compile_s_per_rank": [None if r.compile_s is None else round(r.compile_s, 3) for r in records],
+        "compiled_blocks_per_rank": [r.compiled_blocks for r in records],
         # Where each rank's makespan went: denoising steps, encoding, waiting on hand-offs, and the rest (CPU work
         # between steps and blocks, pipeline fill and drain not spent waiting on a receive).
         "time_breakdown_per_rank": [

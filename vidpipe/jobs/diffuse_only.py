@@ -70,26 +70,25 @@ class DiffusersBaselineJob:
         recorder = StepRecorder(ctx.device, events, ctx.rank)
         recorder.record.unet_param_bytes = denoiser_param_bytes(model)
         recorder.mark_memory("load")  # before any step runs
-        if self.compile_unet:
-            start_compiling(model, ctx, events)
+        compiling = self.compile_unet and start_compiling(model, ctx, events, recorder.record) > 0
         samples = list(self.samples)
         warm = StepRecorder(ctx.device, events, ctx.rank)
         if self.warmup > 0:
-            if self.compile_unet:
+            if compiling:
                 warm.phase_after_first_step = "warmup"
             else:
                 events.emit(PhaseStarted(ctx.rank, phase="warmup"))
             for sample in warmup_samples(samples, self.warmup):
                 self._generate(model, sample, warm)
             recorder.mark_memory("warmup")
-        if self.compile_unet and self.warmup == 0:
+        if compiling and self.warmup == 0:
             recorder.phase_after_first_step = "diffuse"
         else:
             events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
         recorder.start_clock()
         finals = {sample.index: self._generate(model, sample, recorder) for sample in samples}
         recorder.mark_memory("diffuse")
-        if self.compile_unet:
+        if compiling:
             recorder.record.compile_s = first_call_overhead(warm.record, recorder.record)
         return {"records": [recorder.record], "finals": finals}
 

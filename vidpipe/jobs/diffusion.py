@@ -58,14 +58,14 @@ def run_diffusion(
     recorder = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     recorder.record.unet_param_bytes = denoiser_param_bytes(model)
     recorder.mark_memory("load")  # the weights and the plan's buffers, before any step runs
-    if compile_unet:
-        start_compiling(model, ctx, events)
+    # With no block to compile (each holds sp's collectives) the run is eager: no compile phase, no compile time.
+    compiling = compile_unet and start_compiling(model, ctx, events, recorder.record) > 0
     scheduler = scheduler_for(layout.plan)
     if hasattr(model, "expect_samples"):  # Wan frees UMT5 once these samples' prompts are embedded
         model.expect_samples([*warmup_samples(samples, warmup), *samples])
     warm = StepRecorder(ctx.device, events, ctx.rank, ctx.stage_times, every_step)
     if warmup > 0:
-        if compile_unet:
+        if compiling:
             warm.phase_after_first_step = "warmup"
         else:
             events.emit(PhaseStarted(ctx.rank, phase="warmup"))
@@ -73,7 +73,7 @@ def run_diffusion(
         recorder.mark_memory("warmup")
     # NOTE: the clock starts after every rank is warm and past this barrier (design §7).
     ctx.barrier()
-    if compile_unet and warmup == 0:
+    if compiling and warmup == 0:
         recorder.phase_after_first_step = "diffuse"  # still compiling: the first measured step compiles
     else:
         events.emit(PhaseStarted(ctx.rank, phase="diffuse"))
@@ -85,17 +85,20 @@ def run_diffusion(
     record.split_comm_bytes, record.split_comm_calls, record.split_comm_s = (
         now - before for now, before in zip(layout.comm.snapshot(), comm_before, strict=True))
     record.startup_s = startup_seconds(ctx.stage_times)
-    if compile_unet:
+    if compiling:
         record.compile_s = first_call_overhead(warm.record, record)
     return finals, record
 
 
-def start_compiling(model: DiffusionModel, ctx: DistContext, events: EventSink) -> None:
+def start_compiling(model: DiffusionModel, ctx: DistContext, events: EventSink, record: RankRecord) -> int:
     """Compile the denoiser's repeated blocks and enter the "compile" phase, which lasts until this rank's first
-    step is done. NOTE: torch.compile compiles inside the first call of each block shape: minutes on a large UNet
-    with no step event, so the watchdog must treat it as loading (--load-timeout), not as a stall."""
-    compile_model(model, channels_last=ctx.device.type == "cuda")
-    events.emit(PhaseStarted(ctx.rank, phase="compile"))
+    step is done; returns how many blocks were compiled (in `record` too). NOTE: torch.compile compiles inside the
+    first call of each block shape: minutes on a large UNet with no step event, so the watchdog must treat it as
+    loading (--load-timeout), not as a stall."""
+    record.compiled_blocks = compile_model(model, channels_last=ctx.device.type == "cuda")
+    if record.compiled_blocks:
+        events.emit(PhaseStarted(ctx.rank, phase="compile"))
+    return record.compiled_blocks
 
 
 def first_call_overhead(warm: RankRecord, measured: RankRecord) -> float | None:
